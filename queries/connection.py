@@ -38,7 +38,8 @@ def open_driver(settings: Neo4jSettings | None = None, verify: bool = True) -> n
     uri = settings.checked_uri()
     try:
         driver = GraphDatabase.driver(uri, auth=(settings.user, settings.resolved_password()),
-                                      connection_timeout=10, max_transaction_retry_time=30)
+                                      connection_timeout=10, max_transaction_retry_time=30,
+                                      notifications_min_severity="OFF")
     except (ValueError, nx.ConfigurationError) as exc:
         raise UserError(f"bad NEO4J_URI {uri!r}: {exc}") from None
     if verify:

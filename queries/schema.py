@@ -4,10 +4,12 @@ The data model (see README "Data model"):
   (:Architecture {key, n_layers, n_heads, n_kv_heads, parallel_attn_mlp, n_components, n_edges})
      -[:HAS_COMPONENT]->(:Component {arch, ci, name, kind, layer, head})
   (:Run {id, model, revision, task, dataset_hash, method, ...provenance})-[:ON_ARCH]->(:Architecture)
-  (:Run)-[:HAS_CHECKPOINT]->(:Checkpoint {uid, run, step, complete, level, n_edges, ...})
-  (:Component)-[:EDGE {ck, k, s, r, g}]->(:Component)   one relationship per scored edge per checkpoint:
-      ck = the checkpoint's uid, k = edge key (pair key * 4 + channel), s = signed score,
-      r = rank by |score| (1 = most important), g = in the checkpoint's own circuit.
+  (:Run)-[:HAS_CHECKPOINT]->(:Checkpoint {uid, run, step, complete, level, n_edges, keys, scores,
+                                           in_graph, ...metrics and scoring settings})
+      keys/scores: every scored edge, ordered by rank (|score| descending); in_graph: the ranks of the
+      edges in the checkpoint's own circuit (see queries/writer.py for why arrays).
+  (:Component)-[:CIRCUIT_EDGE {ck, run, step, k, s, r}]->(:Component)   the checkpoint's own circuit,
+      for Neo4j Browser: ck = checkpoint uid, k = edge key, s = signed score, r = rank.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ SCHEMA_STATEMENTS: dict[str, str] = {
         "CREATE CONSTRAINT checkpoint_uid IF NOT EXISTS FOR (c:Checkpoint) REQUIRE c.uid IS UNIQUE"),
     "checkpoint_run_step": (
         "CREATE INDEX checkpoint_run_step IF NOT EXISTS FOR (c:Checkpoint) ON (c.run, c.step)"),
-    # Every circuit query seeks one checkpoint's edges by rank cut-off or by in-circuit flag.
-    "edge_rank": (
-        "CREATE INDEX edge_rank IF NOT EXISTS FOR ()-[e:EDGE]-() ON (e.ck, e.r)"),
-    "edge_in_graph": (
-        "CREATE INDEX edge_in_graph IF NOT EXISTS FOR ()-[e:EDGE]-() ON (e.ck, e.g)"),
+    "checkpoint_complete": (
+        "CREATE INDEX checkpoint_complete IF NOT EXISTS FOR (c:Checkpoint) ON (c.complete)"),
+    # Browser views and deletes select one checkpoint's circuit relationships by its uid.
+    "circuit_edge_ck": (
+        "CREATE INDEX circuit_edge_ck IF NOT EXISTS FOR ()-[e:CIRCUIT_EDGE]-() ON (e.ck)"),
 }
 
 

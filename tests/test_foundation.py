@@ -31,7 +31,7 @@ def test_init_is_idempotent(db, cli_env):
     names = sorted(r["name"] for r in records)
     assert names.count("run_id") == 1 and "component_key" in names
     records, _, _ = driver.execute_query(
-        "SHOW INDEXES YIELD name, state WHERE name IN ['edge_rank', 'edge_in_graph'] RETURN state",
+        "SHOW INDEXES YIELD name, state WHERE name IN ['checkpoint_complete', 'circuit_edge_ck'] RETURN state",
         database_=database)
     assert [r["state"] for r in records] == ["ONLINE", "ONLINE"]
 

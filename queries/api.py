@@ -1,0 +1,286 @@
+"""Python entry points of the query library: each runs one or two named statements and returns a dict
+whose keys name its figures (the CLI prints these as tables, JSON or CSV).
+
+A circuit is named `RUN:STEP`; which of its scored edges form "the circuit" is a `CircuitDefinition`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from analysis.errors import UserError
+from queries import library as Q
+from queries.components import Architecture
+
+Mode = Literal["in_graph", "top_n", "top_frac", "threshold", "percentile"]
+
+
+@dataclass(frozen=True)
+class CircuitDefinition:
+    """Which scored edges of a checkpoint form its circuit, chosen after the fact."""
+
+    mode: Mode = "in_graph"
+    value: float | None = None
+    level: Literal["qkv", "head"] = "head"
+
+    def __post_init__(self):
+        v = self.value
+        if self.level not in ("qkv", "head"):
+            raise UserError(f"unknown level {self.level!r}; use qkv or head")
+        if self.mode == "in_graph":
+            return
+        if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"--{self.mode.replace('_', '-')} needs a finite number")
+        if self.mode == "top_n" and (v < 1 or int(v) != v):
+            raise UserError(f"--top-n must be a positive integer, got {v}")
+        if self.mode == "top_frac" and not 0 < v <= 1:
+            raise UserError(f"--top-frac must be in (0, 1], got {v}")
+        if self.mode == "threshold" and v < 0:
+            raise UserError(f"--threshold is on |score| and must be >= 0, got {v}")
+        if self.mode == "percentile" and not 0 <= v <= 100:
+            raise UserError(f"--percentile must be in [0, 100], got {v}")
+        if self.mode not in ("top_n", "top_frac", "threshold", "percentile"):
+            raise UserError(f"unknown circuit definition {self.mode!r}")
+
+    def params(self) -> dict:
+        value = self.value if self.value is not None else 0.0
+        return {"mode": self.mode, "value": float(value), "level": self.level}
+
+    def describe(self) -> str:
+        if self.mode == "in_graph":
+            what = "the stored circuit (in_graph)"
+        else:
+            what = {"top_n": "top {:g} edges", "top_frac": "top {:g} of edges",
+                    "threshold": "|score| >= {:g}",
+                    "percentile": "|score| >= percentile {:g}"}[self.mode].format(self.value)
+        return f"{what}, {self.level} level"
+
+
+@dataclass(frozen=True)
+class CircuitRef:
+    run: str
+    step: int
+    uid: int
+    level: str
+    arch: Architecture
+
+    @property
+    def name(self) -> str:
+        return f"{self.run}:{self.step}"
+
+
+def parse_ref(text: str) -> tuple[str, int]:
+    run, sep, step = text.rpartition(":")
+    if not sep or not run:
+        raise UserError(f"circuit {text!r} is not of the form RUN:STEP")
+    try:
+        return run, int(step)
+    except ValueError:
+        raise UserError(f"circuit {text!r}: STEP must be an integer") from None
+
+
+class Store:
+    """Runs the library's statements on one database (READ routing: works on clusters and Aura)."""
+
+    def __init__(self, driver, database: str | None = None):
+        self.driver = driver
+        self.database = database
+
+    def read(self, statement: str, **params) -> list[dict]:
+        records, _, _ = self.driver.execute_query(statement, params, database_=self.database,
+                                                  routing_="r")
+        return [r.data() for r in records]
+
+    # -- resolving ---------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> CircuitRef:
+        run, step = parse_ref(ref)
+        rows = self.read(Q.RESOLVE_CHECKPOINT, run=run, step=step)
+        if not rows:
+            known = self.read(Q.RUN_INFO, run=run)
+            if not known:
+                raise UserError(f"no run {run!r} in the database")
+            raise UserError(f"run {run!r} has no complete checkpoint at step {step}; "
+                            f"steps: {known[0]['steps']}")
+        r = rows[0]
+        arch = Architecture(r["n_layers"], r["n_heads"], r["parallel"])
+        return CircuitRef(run, step, r["uid"], r["level"], arch)
+
+    def _pair(self, a: str, b: str, definition: CircuitDefinition) -> tuple[CircuitRef, CircuitRef]:
+        ra, rb = self.resolve(a), self.resolve(b)
+        if ra.arch != rb.arch:
+            raise UserError(f"{ra.name} ({ra.arch.key}) and {rb.name} ({rb.arch.key}) have different "
+                            "architectures")
+        for r in (ra, rb):
+            self._check_level(r.level, definition, r.name)
+        return ra, rb
+
+    @staticmethod
+    def _check_level(stored: str, definition: CircuitDefinition, name: str) -> None:
+        if stored == "head" and definition.level == "qkv":
+            raise UserError(f"{name} is stored at head level (collapsed); use --level head")
+
+    @staticmethod
+    def _arch_params(arch: Architecture) -> dict:
+        return {"n_comp": arch.n_components, "hp1": arch.n_heads + 1, "n_layers": arch.n_layers}
+
+    def _two(self, statement, a, b, definition, **extra):
+        ra, rb = self._pair(a, b, definition)
+        rows = self.read(statement, uids=[ra.uid, rb.uid], **definition.params(),
+                         **self._arch_params(ra.arch), **extra)
+        return ra, rb, rows
+
+    def _header(self, definition: CircuitDefinition, **extra) -> dict:
+        return {**extra, "definition": asdict(definition), "described_as": definition.describe()}
+
+    # -- the paper's questions ---------------------------------------------------------------------
+    def churn(self, run: str, definition: CircuitDefinition) -> dict:
+        """Node and edge churn for each transition t -> t+1 of a run (method.md 6.1-6.2)."""
+        info = self.read(Q.RUN_INFO, run=run)
+        if not info:
+            raise UserError(f"no run {run!r} in the database")
+        info = info[0]
+        if len(info["steps"]) < 2:
+            raise UserError(f"run {run!r} has {len(info['steps'])} complete checkpoint(s); churn needs 2+")
+        for step, level in zip(info["steps"], info["levels"]):
+            self._check_level(level, definition, f"{run}:{step}")
+        arch = Architecture(info["n_layers"], info["n_heads"], info["parallel"])
+        params = dict(run=run, **definition.params(), **self._arch_params(arch))
+        edges = self.read(Q.CHURN_EDGES, **params)
+        nodes = self.read(Q.CHURN_NODES, **params)
+        steps = info["steps"]
+        transitions = []
+        for e, n in zip(edges, nodes):
+            t = e["transition"]
+            transitions.append({
+                "from_step": steps[t], "to_step": steps[t + 1],
+                "nodes_added": n["added"], "nodes_removed": n["removed"],
+                "nodes_changed": n["added"] + n["removed"],
+                "edges_added": e["added"], "edges_removed": e["removed"],
+                "edges_changed": e["added"] + e["removed"],
+                "nodes_before": n["size_before"], "edges_before": e["size_before"]})
+        return self._header(definition, run=run, transitions=transitions)
+
+    def change_rate(self, run: str, definition: CircuitDefinition) -> dict:
+        """Delta_S = (1/n) sum_t changes_t / S_0 x 100% for nodes and edges (method.md 6.3)."""
+        churn = self.churn(run, definition)
+        ts = churn["transitions"]
+        s0_nodes, s0_edges = ts[0]["nodes_before"], ts[0]["edges_before"]
+        n = len(ts)
+
+        def rate(key, s0):
+            return 100.0 * sum(t[key] for t in ts) / n / s0 if s0 else None
+        return self._header(definition, run=run, transitions=n, nodes_s0=s0_nodes, edges_s0=s0_edges,
+                            node_change_rate=rate("nodes_changed", s0_nodes),
+                            edge_change_rate=rate("edges_changed", s0_edges))
+
+    def per_layer(self, a: str, b: str, definition: CircuitDefinition) -> dict:
+        """Per-layer added/removed nodes and edges from A to B (edge layer = source layer, input = 0)."""
+        ra, _, rows = self._two(Q.PER_LAYER, a, b, definition)
+        layers = []
+        for layer in range(ra.arch.n_layers + 1):
+            e = next((r for r in rows if r["what"] == "edge" and r["layer"] == layer), {})
+            n = next((r for r in rows if r["what"] == "node" and r["layer"] == layer), {})
+            layers.append({"layer": layer, "nodes_added": n.get("added", 0),
+                           "nodes_removed": n.get("removed", 0), "edges_added": e.get("added", 0),
+                           "edges_removed": e.get("removed", 0)})
+        return self._header(definition, a=a, b=b, layer_rule="edge layer = source node's layer; "
+                            "input = layer 0; logits = layer n_layers", layers=layers)
+
+    def diff(self, a: str, b: str, definition: CircuitDefinition, percentile: float = 95.0) -> dict:
+        """The paper's before/after difference at the 95th percentile (method.md 6.4)."""
+        if not 0 <= percentile <= 100:
+            raise UserError(f"--percentile must be in [0, 100], got {percentile}")
+        ra, _, rows = self._two(Q.DIFF_PERCENTILE, a, b, definition, pct=float(percentile))
+        r = rows[0]
+        arch, level = ra.arch, definition.level
+        names = [c["name"] for c in arch.components]
+
+        def edge(key):
+            return arch.edge_name(key * 4 if level == "head" else key)
+        return self._header(
+            definition, a=a, b=b, percentile=percentile, threshold_a=r["threshold_a"],
+            threshold_b=r["threshold_b"], kept_a=r["kept_a"], kept_b=r["kept_b"],
+            edges_added=len(r["added_edges"]), edges_removed=len(r["removed_edges"]),
+            nodes_added=len(r["added_nodes"]), nodes_removed=len(r["removed_nodes"]),
+            added_edges=sorted(edge(k) for k in r["added_edges"]),
+            removed_edges=sorted(edge(k) for k in r["removed_edges"]),
+            added_nodes=[names[i] for i in sorted(r["added_nodes"])],
+            removed_nodes=[names[i] for i in sorted(r["removed_nodes"])],
+            degree={names[i]: d for i, d in r["degree"]})
+
+    def overlap(self, a: str, b: str, definition: CircuitDefinition, ks: list[int]) -> dict:
+        """Overlap_k = |Top_k(A) ∩ Top_k(B)| by |score| (method.md 5)."""
+        if not ks:
+            raise UserError("give at least one --k")
+        for k in ks:
+            if k < 1:
+                raise UserError(f"--k must be a positive integer, got {k}")
+        _, _, rows = self._two(Q.OVERLAP, a, b, definition, ks=list(ks))
+        size_a, size_b = rows[0]["size_a"], rows[0]["size_b"]
+        too_big = [k for k in ks if k > min(size_a, size_b)]
+        if too_big:
+            raise UserError(f"--k {too_big[0]} is larger than a circuit ({size_a} and {size_b} edges)")
+        return self._header(definition, a=a, b=b, size_a=size_a, size_b=size_b,
+                            overlap=[{"k": r["k"], "overlap": r["overlap"]} for r in rows])
+
+    def jaccard(self, a: str, b: str, definition: CircuitDefinition) -> dict:
+        """Jaccard similarity of the edge sets and of the node sets."""
+        _, _, rows = self._two(Q.JACCARD, a, b, definition)
+        return self._header(definition, a=a, b=b, **rows[0])
+
+    def critical_layers(self, a: str, b: str, definition: CircuitDefinition, top: int = 5) -> dict:
+        """Top layers by summed |score change| (method.md 4): CircuitLoRA's critical layers."""
+        if top < 1:
+            raise UserError(f"--top must be a positive integer, got {top}")
+        ra, _, rows = self._two(Q.CRITICAL_LAYERS, a, b, definition, top=int(top))
+        if top > ra.arch.n_layers:
+            raise UserError(f"--top {top} exceeds the model's {ra.arch.n_layers} layers")
+        r = rows[0]
+        return self._header(definition, before=a, after=b, top=top, layers=r["layers"],
+                            deltas=r["deltas"], all_layers=r["all_layers"], all_deltas=r["all_deltas"])
+
+    def node_bound(self, a: str, b: str, definition: CircuitDefinition) -> dict:
+        """Node-implied edge-change bound, rebuttal and code versions (method.md 6.6)."""
+        _, _, rows = self._two(Q.NODE_BOUND, a, b, definition)
+        return self._header(definition, a=a, b=b, **rows[0])
+
+    def union_edges(self, a: str, b: str, definition: CircuitDefinition,
+                    max_edges: int | None) -> tuple[CircuitRef, list[dict]]:
+        """Union of A and B at head level (method.md 5); returns rows {key, s} (head-level keys)."""
+        if definition.level != "head":
+            raise UserError("a union circuit is built at head level (--level head)")
+        if max_edges is not None and max_edges < 1:
+            raise UserError(f"--max-edges must be positive, got {max_edges}")
+        ra, _, rows = self._two(Q.UNION_EDGES, a, b, definition, max_edges=max_edges)
+        return ra, rows
+
+    def circuit_edges(self, ref: str, definition: CircuitDefinition) -> tuple[CircuitRef, list[dict]]:
+        r = self.resolve(ref)
+        self._check_level(r.level, definition, r.name)
+        rows = self.read(Q.CIRCUIT_EDGES, uids=[r.uid], **definition.params())
+        return r, rows
+
+
+def store_union(driver, database, a: str, b: str, as_ref: str, definition: CircuitDefinition,
+                max_edges: int | None = None) -> dict:
+    """Build the union of A and B (method.md 5) and store it as circuit `as_ref` (head level), so
+    every other query applies to it."""
+    from queries.provenance_store import union_run_record
+    from queries.writer import CheckpointData, CircuitWriter
+
+    run, step = parse_ref(as_ref)
+    store = Store(driver, database)
+    ra, rows = store.union_edges(a, b, definition, max_edges)
+    if not rows:
+        raise UserError(f"the union of {a} and {b} is empty under {definition.describe()}")
+    names = [ra.arch.edge_name(r["key"] * 4) for r in rows]
+    writer = CircuitWriter(driver, database)
+    writer.ensure_run(union_run_record(run, a, b, definition, max_edges), ra.arch)
+    data = CheckpointData(step=step, names=names, scores=[r["s"] for r in rows],
+                          in_graph=[True] * len(rows), level="head",
+                          meta={"source": "union", "union_of": [a, b],
+                                "union_definition": definition.describe(), "max_edges": max_edges})
+    writer.write_checkpoint(run, ra.arch, data)
+    return {"stored_as": as_ref, "a": a, "b": b, "edges": len(rows), "definition": asdict(definition)}

@@ -1,0 +1,204 @@
+"""Writing runs and scored checkpoints into Neo4j.
+
+Storage design (measured, see BENCHMARKS.md): a relationship per scored edge between 410 dense
+component nodes ingested at only ~7k edges/s here, so ALL scored edges of a checkpoint are stored as
+two rank-ordered arrays on its `(:Checkpoint)` node: `keys` (edge keys, see queries/components.py) and
+`scores` (signed), position i holding the edge of rank i+1 by |score|. Any circuit definition is then
+a prefix (top-n, top p%, threshold, percentile), read without scanning. The checkpoint's own circuit
+(`in_graph`, the ranks the method kept, e.g. top 5% pruned) is also materialised as
+`(:Component)-[:CIRCUIT_EDGE {ck, run, step, k, s, r}]->(:Component)` so Neo4j Browser shows it as
+components linked to components.
+
+A checkpoint is written in three steps, so a crash never leaves something a query reads as complete
+and a re-write replaces instead of duplicating:
+  1. `CREATE` a new `(:Checkpoint {complete: false})` with a fresh uid and its arrays (leftovers of an
+     earlier crashed write of the same run and step are removed first);
+  2. create its CIRCUIT_EDGE relationships in batches (`UNWIND`; component nodes fetched once per
+     batch and addressed by position: no per-row lookups);
+  3. in ONE transaction mark it complete and retire any earlier complete version, which is then
+     deleted. Queries read only `complete` checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from analysis.errors import UserError
+from queries import statements as S
+from queries.components import Architecture
+from queries.schema import ensure_schema
+
+BATCH = 20_000
+
+
+@dataclass
+class RunRecord:
+    """Provenance of a run: where every number stored under it came from."""
+
+    id: str
+    model: str = field(default="", metadata={"help": "Model hub name or local path."})
+    revision: str = field(default="", metadata={"help": "Model revision, commit or local-folder hash."})
+    task: str = field(default="", metadata={"help": "Task name (e.g. add_sub_100)."})
+    dataset_hash: str = field(default="", metadata={"help": "Content hash of the dataset manifest."})
+    data_split: str = field(default="", metadata={"help": "Which split circuits are scored on."})
+    method: str = field(default="", metadata={"help": "Fine-tuning method (lora, full, ...) or 'import'."})
+    hparams: dict = field(default_factory=dict, metadata={"help": "Fine-tuning hyper-parameters."})
+    seed: int | None = field(default=None, metadata={"help": "Random seed."})
+    code_version: str = field(default="", metadata={"help": "circuitshift version and git commit."})
+    extra: dict = field(default_factory=dict, metadata={"help": "Anything else worth keeping (JSON)."})
+
+    def properties(self) -> dict:
+        props = asdict(self)
+        props["hparams"] = json.dumps(self.hparams, sort_keys=True)
+        props["extra"] = json.dumps(self.extra, sort_keys=True)
+        return props
+
+
+@dataclass
+class CheckpointData:
+    """One checkpoint's scored edges and metrics, ready to write."""
+
+    step: int
+    names: Sequence[str]
+    scores: Sequence[float]
+    in_graph: Sequence[bool]
+    level: str = "qkv"  # 'qkv' or 'head' (collapsed)
+    meta: dict = field(default_factory=dict)  # epoch, accuracy, faithfulness, scoring settings, ...
+
+
+def ranked_arrays(arch: Architecture, data: CheckpointData) -> dict:
+    """Validate a checkpoint and order its edges by rank (|score| descending, ties by edge key).
+
+    Returns `keys` and `scores` aligned by rank (position i holds the edge of rank i+1) and
+    `in_graph` (the ranks, 1-based, of the edges in the checkpoint's own circuit), plus `circuit`,
+    the rows `[src_ci, dst_ci, key, score, rank]` of those in-circuit edges.
+    """
+    if not (len(data.names) == len(data.scores) == len(data.in_graph)):
+        raise UserError("names, scores and in_graph flags differ in length")
+    if data.level not in ("qkv", "head"):
+        raise UserError(f"unknown level {data.level!r}; use qkv or head")
+    if not data.names:
+        raise UserError("a checkpoint needs at least one edge")
+    key_of = arch.key_of
+    try:
+        keys = np.fromiter((key_of[n] for n in data.names), dtype=np.int64, count=len(data.names))
+    except KeyError as exc:
+        raise UserError(f"edge {exc.args[0]!r} is not in a {arch.key} graph") from None
+    channel = keys % 4
+    into_head = ((keys // 4) % arch.n_components - 1) % (arch.n_heads + 1) != arch.n_heads
+    into_head &= (keys // 4) % arch.n_components != arch.n_components - 1
+    if data.level == "head" and channel.any():
+        bad = data.names[int(np.argmax(channel > 0))]
+        raise UserError(f"edge {bad!r} has a q/k/v suffix but the checkpoint is head-level")
+    if data.level == "qkv" and (into_head & (channel == 0)).any():
+        bad = data.names[int(np.argmax(into_head & (channel == 0)))]
+        raise UserError(f"edge {bad!r} into a head lacks its <q|k|v> suffix at q/k/v level")
+    if len(np.unique(keys)) != len(keys):
+        raise UserError("the same edge appears twice")
+    scores = np.asarray(data.scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        i = int(np.argmax(~np.isfinite(scores)))
+        raise UserError(f"edge {data.names[i]!r} has score {scores[i]}: scores must be finite")
+    order = np.lexsort((keys, -np.abs(scores)))  # last key is primary: |score| descending
+    flags = np.asarray(data.in_graph, dtype=bool)[order]
+    ranked_keys, ranked_scores = keys[order], scores[order]
+    ranks = np.nonzero(flags)[0] + 1
+    pair = ranked_keys[flags] // 4
+    circuit = np.stack([pair // arch.n_components, pair % arch.n_components], axis=1)
+    return {"keys": ranked_keys.tolist(), "scores": ranked_scores.tolist(), "in_graph": ranks.tolist(),
+            "circuit": [[int(a), int(b), int(k), float(sc), int(r)] for (a, b), k, sc, r in
+                        zip(circuit, ranked_keys[flags], ranked_scores[flags], ranks)]}
+
+
+class CircuitWriter:
+    """Writes architectures, runs and checkpoints. Receives a driver; never opens one."""
+
+    def __init__(self, driver, database: str | None = None, batch_size: int = BATCH):
+        self.driver = driver
+        self.database = database
+        self.batch_size = batch_size
+        self._schema_done = False
+        self._archs: set[str] = set()
+
+    def _run(self, statement: str, **params):
+        return self.driver.execute_query(statement, params, database_=self.database, routing_="w")
+
+    def ensure_schema(self) -> None:
+        if not self._schema_done:
+            ensure_schema(self.driver, self.database)
+            self._schema_done = True
+
+    def ensure_architecture(self, arch: Architecture) -> None:
+        if arch.key in self._archs:
+            return
+        self.ensure_schema()
+        self._run(S.MERGE_ARCHITECTURE, key=arch.key, n_layers=arch.n_layers, n_heads=arch.n_heads,
+                  n_kv_heads=arch.n_kv_heads, parallel=arch.parallel_attn_mlp,
+                  n_components=arch.n_components, n_edges=arch.n_edges("qkv"),
+                  components=arch.components)
+        self._archs.add(arch.key)
+
+    def ensure_run(self, run: RunRecord, arch: Architecture) -> None:
+        """Create the run (or keep the existing one: its provenance is never overwritten)."""
+        self.ensure_architecture(arch)
+        records, _, _ = self._run(S.MERGE_RUN, id=run.id, arch=arch.key, props=run.properties())
+        if records and records[0]["arch"] != arch.key:
+            raise UserError(f"run {run.id!r} already exists on architecture {records[0]['arch']}, "
+                            f"not {arch.key}")
+
+    def write_checkpoint(self, run_id: str, arch: Architecture, data: CheckpointData) -> int:
+        """Write one checkpoint atomically (as seen by queries); returns its uid."""
+        arrays = ranked_arrays(arch, data)  # validate everything before touching the database
+        if not arrays["in_graph"]:
+            raise UserError(f"checkpoint {data.step} of run {run_id!r} has no edge in its circuit")
+        self.ensure_architecture(arch)
+        meta = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+                for k, v in data.meta.items() if v is not None}
+        self.remove_incomplete(run_id, data.step)
+        uid = secrets.randbits(62)
+        records, _, _ = self._run(S.CREATE_CHECKPOINT, run=run_id, step=data.step, uid=uid,
+                                  level=data.level, meta=meta, keys=arrays["keys"],
+                                  scores=arrays["scores"], in_graph=arrays["in_graph"])
+        if not records:
+            raise UserError(f"run {run_id!r} does not exist; create it first")
+        rows = arrays["circuit"]
+        for start in range(0, len(rows), self.batch_size):
+            self._run(S.CREATE_CIRCUIT_EDGES, arch=arch.key, ck=uid, run=run_id, step=data.step,
+                      rows=rows[start:start + self.batch_size])
+        records, _, _ = self._run(S.COMPLETE_CHECKPOINT, uid=uid)
+        for old in records[0]["retired"]:
+            self.delete_checkpoint(old)
+        return uid
+
+    def remove_incomplete(self, run_id: str, step: int) -> None:
+        """Delete what a crashed write of (run, step) left behind."""
+        records, _, _ = self._run(S.INCOMPLETE_CHECKPOINTS, run=run_id, step=step)
+        for rec in records:
+            self.delete_checkpoint(rec["uid"])
+
+    def delete_checkpoint(self, uid: int) -> None:
+        while True:
+            records, _, _ = self._run(S.DELETE_CIRCUIT_EDGES_BATCH, ck=uid, limit=50_000)
+            if records[0]["deleted"] == 0:
+                break
+        self._run(S.DELETE_CHECKPOINT, uid=uid)
+
+    def delete_run(self, run_id: str) -> int:
+        records, _, _ = self._run(S.RUN_CHECKPOINT_UIDS, run=run_id)
+        for rec in records:
+            self.delete_checkpoint(rec["uid"])
+        self._run(S.DELETE_RUN, run=run_id)
+        return len(records)
+
+
+def write_circuit(driver, database, run: RunRecord, arch: Architecture,
+                  checkpoints: Iterable[CheckpointData]) -> list[int]:
+    """Convenience: create the run and write each checkpoint."""
+    writer = CircuitWriter(driver, database)
+    writer.ensure_run(run, arch)
+    return [writer.write_checkpoint(run.id, arch, cp) for cp in checkpoints]
