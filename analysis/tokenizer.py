@@ -1,0 +1,70 @@
+"""An offline word-level tokenizer for tiny test models (no model hub is reachable here).
+
+Every integer 0..max_number is ONE token; larger numbers split into digit pieces (WordPiece `##`
+continuations), so the single-token filters of the task generators are really exercised with a small
+`max_number`. Words and punctuation of every task template are in the vocabulary; `\\n` is its own
+token (fine-tuning text is `prompt\\nanswer`); `<|endoftext|>` is bos = eos = pad as in Pythia, and
+nothing is added automatically (Pythia adds no BOS either). Spaces are dropped, so " 70" and "70"
+tokenize the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EOT = "<|endoftext|>"
+UNK = "<unk>"
+# A piece is a run of letters, a run of digits, a newline, or one punctuation mark; spaces are removed.
+_PIECE = r"\p{L}+|\p{N}+|\n|[^\s\p{L}\p{N}]"
+# A few extra everyday words so that free text in demos does not collapse into <unk>.
+_EXTRA_WORDS = ("the a an of to and is in it that this was for on with as be at by or not what".split()
+                + "Q A Question True False yes no".split())
+
+
+def build_word_tokenizer(out_dir: Path, max_number: int = 999, extra_words: tuple[str, ...] = ()):
+    """Build, save (`save_pretrained(out_dir)`) and return a PreTrainedTokenizerFast.
+
+    `AutoTokenizer.from_pretrained(out_dir)` loads it back. With `max_number=200`, "345" becomes the two
+    tokens "34", "##5" (decoded back to "345").
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from analysis.tasks.words import template_texts
+
+    if max_number < 9:
+        raise ValueError("max_number must be at least 9 (every digit is a token)")
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[ \t\r]+"), behavior="removed"),
+        pre_tokenizers.Split(Regex(_PIECE), behavior="isolated"),
+    ])
+    words: list[str] = []
+    seen: set[str] = set()
+
+    def add(token: str) -> None:
+        if token not in seen:
+            seen.add(token)
+            words.append(token)
+
+    for tok in (EOT, UNK, "\n"):
+        add(tok)
+    for n in range(max_number + 1):
+        add(str(n))
+    for d in range(10):
+        add(f"##{d}")
+    for text in template_texts() + list(_EXTRA_WORDS) + list(extra_words):
+        for piece, _ in pre.pre_tokenize_str(text):
+            if not piece.isdigit():  # numbers above max_number must NOT become single tokens
+                add(piece)
+    vocab = {tok: i for i, tok in enumerate(words)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##",
+                                     max_input_chars_per_word=100))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok.add_special_tokens([EOT, UNK])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT,
+                                   unk_token=UNK)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return fast
