@@ -1,0 +1,358 @@
+"""EAP / EAP-IG edge scores: the scoring engine.
+
+    score(adapter, graph, pairs, method="eap-ig-inputs", metric="kl", steps=5, ig_rule="right",
+          batch_size=16) -> ScoreResult
+
+Score of edge u -> v (one convention for every method; higher |score| = more important, the sign is
+kept)::
+
+    score(u->v) = 1/N sum_examples 1/|K| sum_{k in K} sum_positions (a_u^corr - a_u^clean) . dL/d(in_v)|_k
+
+with L the per-example metric (:mod:`analysis.metrics`) at the prompt's last real position, ``in_v`` the
+input of v (the residual stream entering v's LayerNorm; for a head, separately for q, k and v) and
+K the gradient points of the method. To first order the score is the change of the metric when the
+edge alone carries the corrupted activation. Scores are normalised per example (a sum over examples
+divided by N), so unlike hannamw/EAP-IG (which also takes a batch mean inside the metric) they do
+not depend on the batch size; hannamw's scores are ours divided by the batch size.
+
+Methods
+    eap                 K = {clean}: the gradient of the clean run (Syed et al.; hannamw ``EAP``).
+    eap-ig-inputs       K = {input embedding interpolated e_corr + (k/m)(e_clean - e_corr)}:
+                        ``ig_rule="right"``: k = 1..m (the paper's code, ends at the clean input;
+                        the default); ``"left"``: k = 0..m-1 (hannamw/EAP-IG, starts at the corrupted
+                        input). m = 1 with the right rule equals ``eap``; m = 1 with the left rule is
+                        the gradient at the corrupted input.
+    eap-ig-activations  For each upstream node group (input; the heads of one layer; one MLP) its
+                        output is interpolated between corrupted and clean (same k rule) while the
+                        rest runs on the clean prompt; the scores of that group's edges use those
+                        gradients. (hannamw adds every group's gradients to every edge; we keep
+                        each group's own, which is the method as described.)
+    clean-corrupted     K = {clean, corrupted}.
+
+Speed: the frozen HF model runs unmodified (no weight gradients, no split q/k/v in the forward pass):
+one forward without grad at one end point, then one forward + backward per gradient point (the clean
+or corrupted end point doubles as an IG step), so eap-ig-inputs costs (m+1) forwards + m backwards
+plus the contraction. Per-head q/k/v input gradients come from the q/k/v projection output gradient
+through the LayerNorm's closed-form VJP (:mod:`analysis.adapter`). The activation differences
+(n_src, B, P, D) are kept per batch; gradients are contracted per pass, layer by layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from analysis.adapter import Batch, ModelAdapter
+from analysis.errors import UserError
+from analysis.graph import Graph, n_upstream_for_layer
+from analysis.metrics import NEEDS_CORRUPTED_LABEL, get_metric
+
+Tensor = torch.Tensor
+
+METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted")
+IG_RULES = ("left", "right")
+SIGN_CONVENTION = ("score = (corrupted - clean activation) . d metric / d input, averaged over examples "
+                   "and gradient points; higher |score| = more important; sign kept")
+
+
+@dataclass
+class ScoreResult:
+    dense: Tensor  # (n_src, n_dst), float64 on CPU, zero outside ``mask``
+    mask: Tensor  # (n_src, n_dst) bool: real edges
+    graph: Graph
+    settings: dict = field(default_factory=dict)
+    parity: float | None = None  # max |HF logits - hooked logits| on the first batch (last positions)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return self.graph.scores_to_dict(self.dense)
+
+
+# ------------------------------------------------------------------------------------------ checks
+def check_settings(method: str, metric: str, steps: int | None, ig_rule: str, batch_size: int) -> int:
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    get_metric(metric)
+    if ig_rule not in IG_RULES:
+        raise UserError(f"unknown IG rule {ig_rule!r}; choose left or right")
+    if batch_size is None or batch_size <= 0:
+        raise UserError(f"batch size must be positive, got {batch_size}")
+    if method in ("eap-ig-inputs", "eap-ig-activations"):
+        if steps is None:
+            steps = 5
+        if steps <= 0:
+            raise UserError(f"--steps must be a positive number of IG steps, got {steps}")
+        return int(steps)
+    if steps is not None and steps <= 0:
+        raise UserError(f"--steps must be positive, got {steps}")
+    return 1
+
+
+def ig_alphas(steps: int, rule: str) -> list[float]:
+    ks = range(1, steps + 1) if rule == "right" else range(0, steps)
+    return [k / steps for k in ks]
+
+
+# ------------------------------------------------------------------------------------------ engine
+class _Grads:
+    """Gradients (and attention LayerNorm inputs) of one backward pass."""
+
+    def __init__(self):
+        self.qkv: dict[int, Tensor] = {}
+        self.x: dict[int, Tensor] = {}
+        self.mlp: dict[int, Tensor] = {}
+        self.final: Tensor | None = None
+
+    def hook_kwargs(self) -> dict:
+        def gq(l, g):
+            self.qkv[l] = g
+
+        def gx(l, x):
+            self.x[l] = x
+
+        def gm(l, g):
+            self.mlp[l] = g
+
+        def gf(g):
+            self.final = g
+
+        return dict(grad_qkv=gq, on_attn_ln_in=gx, grad_mlp_in=gm, grad_final_in=gf)
+
+
+class _BatchScorer:
+    def __init__(self, adapter: ModelAdapter, graph: Graph, batch: Batch, metric: Callable, acc_dtype):
+        self.a, self.g, self.b = adapter, graph, batch
+        self.metric = metric
+        self.acc = acc_dtype
+        B, P = batch.clean.shape
+        self.B, self.P = B, P
+        self.diff = torch.zeros(graph.n_src, B, P, adapter.d_model, dtype=acc_dtype, device=adapter.device)
+        self.scores = torch.zeros(graph.n_src, graph.n_dst, dtype=acc_dtype, device=adapter.device)
+        self.e_clean = adapter.embed(batch.clean)
+        self.e_corr = adapter.embed(batch.corrupted)
+        self.diff[0] = (self.e_corr.to(acc_dtype) - self.e_clean.to(acc_dtype))
+        self.target: Tensor | None = None  # clean last-position logits
+        self.ones = torch.ones_like(batch.clean)  # right padding + causal attention: no mask needed
+        self.keep = torch.unique(batch.last)
+        self.pos_in_keep = torch.searchsorted(self.keep, batch.last)
+        self.outs = {}  # (which, kind, layer) -> full attention / MLP outputs (activations IG)
+
+    # -------------------------------------------------------------- pieces
+    def _row0(self, l: int) -> int:
+        return 1 + l * (self.a.n_heads + 1)
+
+    def _capture(self, sign: float, keep_outputs: str | None = None) -> dict:
+        H = self.a.n_heads
+
+        def on_z(l, z):
+            r = self._row0(l)
+            self.diff[r:r + H] += sign * self.a.head_outputs(l, z, self.acc)
+
+        def on_mlp(l, out):
+            self.diff[self._row0(l) + H] += sign * out.to(self.acc)
+
+        kw = dict(on_z=on_z, on_mlp_out=on_mlp)
+        if keep_outputs is not None:
+            def on_attn_out(l, out):
+                self.outs[(keep_outputs, "attn", l)] = out
+
+            def on_mlp2(l, out):
+                on_mlp(l, out)
+                self.outs[(keep_outputs, "mlp", l)] = out
+
+            kw.update(on_attn_out=on_attn_out, on_mlp_out=on_mlp2)
+        return kw
+
+    def _interp(self, alpha: float, clean: Tensor, corr: Tensor) -> Tensor:
+        if alpha == 1.0:
+            return clean
+        if alpha == 0.0:
+            return corr
+        return (1.0 - alpha) * corr + alpha * clean
+
+    def run(self, *, embed_alpha: float | None = 1.0, capture: float | None = None,
+            keep_outputs: str | None = None, grad: bool = True, override: tuple | None = None,
+            set_target: bool = False) -> _Grads | None:
+        """One forward (and backward when ``grad``) on the clean prompt with the input embedding
+        interpolated at ``embed_alpha`` (None: the model's own clean embedding) and optionally one
+        node group's output replaced (``override = (kind, layer, alpha)``)."""
+        a = self.a
+        kw: dict = {}
+        if embed_alpha is not None or (grad and override is None):
+            e = self._interp(1.0 if embed_alpha is None else embed_alpha, self.e_clean, self.e_corr)
+            if grad and override is None:
+                e = e.detach().requires_grad_(True)
+            kw["embed_override"] = lambda out, e=e: e
+        if capture is not None:
+            kw.update(self._capture(capture, keep_outputs))
+        grads = _Grads() if grad else None
+        if grad:
+            kw.update(grads.hook_kwargs())
+        if override is not None:
+            kind, layer, alpha = override
+            if kind == "input":
+                e = self._interp(alpha, self.e_clean, self.e_corr).detach().requires_grad_(True)
+                kw["embed_override"] = lambda out, e=e: e
+            else:
+                new = self._interp(alpha, self.outs[("clean", kind, layer)], self.outs[("corr", kind, layer)])
+                new = new.detach().requires_grad_(True)
+                key = "attn_out_override" if kind == "attn" else "mlp_out_override"
+                kw[key] = lambda l, out, layer=layer, new=new: new if l == layer else None
+        with torch.set_grad_enabled(grad), a.hooks(**kw):
+            logits = a.model(input_ids=self.b.clean, attention_mask=self.ones, use_cache=False,
+                             logits_to_keep=self.keep).logits
+        last = logits[torch.arange(self.B, device=logits.device), self.pos_in_keep]
+        if set_target:
+            self.target = last.detach()
+        if grad:
+            m = self.metric(last, self.target, self.b.label, self.b.corrupted_label).sum()
+            m.backward()
+        return grads
+
+    def contract(self, gr: _Grads, rows: tuple[int, int] | None = None) -> None:
+        """scores[src, dst] += sum_{b,p,d} diff[src] * grad_in[dst] (restricted to ``rows``)."""
+        a, spec, acc = self.a, self.g.spec, self.acc
+        H, L = a.n_heads, a.n_layers
+        lo, hi_all = (0, self.g.n_src) if rows is None else rows
+        flat = self.diff.view(self.g.n_src, -1)
+        for l in range(L):
+            c0 = l * (3 * H + 1)
+            if l in gr.qkv:
+                hi = min(hi_all, n_upstream_for_layer(spec, l))
+                if lo < hi:
+                    gh = a.qkv_input_grads(l, gr.qkv[l], gr.x[l], acc).view(3 * H, -1)
+                    self.scores[lo:hi, c0:c0 + 3 * H] += flat[lo:hi] @ gh.T
+            if l in gr.mlp:
+                hi = min(hi_all, n_upstream_for_layer(spec, l, mlp=True))
+                if lo < hi:
+                    self.scores[lo:hi, c0 + 3 * H] += flat[lo:hi] @ gr.mlp[l].to(acc).reshape(-1)
+        if gr.final is not None:
+            hi = min(hi_all, self.g.n_src)
+            self.scores[lo:hi, -1] += flat[lo:hi] @ gr.final.to(acc).reshape(-1)
+
+
+def _score_batch(s: _BatchScorer, method: str, steps: int, ig_rule: str) -> int:
+    """Fill ``s.scores`` with the batch's summed (not yet averaged) scores; return #gradient points."""
+    if method == "eap" or (method == "eap-ig-inputs" and ig_rule == "right"):
+        if method == "eap":
+            steps = 1
+        s.run(embed_alpha=0.0, capture=+1.0, grad=False)  # corrupted activations (no grad)
+        alphas = ig_alphas(steps, "right")  # [1/m, ..., 1]; run the clean point first
+        order = [alphas[-1]] + alphas[:-1]
+        for i, alpha in enumerate(order):  # the clean point's own logits are the KL target
+            gr = s.run(embed_alpha=alpha, capture=-1.0 if i == 0 else None, set_target=i == 0)
+            s.contract(gr)
+        return steps
+    if method == "eap-ig-inputs":  # left rule: k = 0..m-1
+        s.run(embed_alpha=1.0, capture=-1.0, grad=False, set_target=True)  # clean activations + target
+        for i, alpha in enumerate(ig_alphas(steps, "left")):
+            gr = s.run(embed_alpha=alpha, capture=+1.0 if i == 0 else None)
+            s.contract(gr)
+        return steps
+    if method == "clean-corrupted":
+        g_clean = s.run(embed_alpha=1.0, capture=-1.0, set_target=True)  # diff not complete yet: contract later
+        g_corr = s.run(embed_alpha=0.0, capture=+1.0)
+        s.contract(g_clean)
+        s.contract(g_corr)
+        return 2
+    if method == "eap-ig-activations":
+        a = s.a
+        H = a.n_heads
+        s.run(embed_alpha=0.0, capture=+1.0, keep_outputs="corr", grad=False)
+        s.run(embed_alpha=1.0, capture=-1.0, keep_outputs="clean", grad=False, set_target=True)
+        groups: list[tuple[str, int, tuple[int, int]]] = [("input", -1, (0, 1))]
+        for l in range(a.n_layers):
+            r = 1 + l * (H + 1)
+            groups += [("attn", l, (r, r + H)), ("mlp", l, (r + H, r + H + 1))]
+        for kind, layer, rows in groups:
+            for alpha in ig_alphas(steps, ig_rule):
+                gr = s.run(embed_alpha=None, override=(kind, layer, alpha))
+                s.contract(gr, rows=rows)
+        return steps
+    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _parity(adapter: ModelAdapter, batch: Batch, hooked_last: Tensor) -> float:
+    with torch.no_grad():
+        logits = adapter.forward_logits(batch.clean)
+        ref = logits[torch.arange(len(batch.last), device=logits.device), batch.last]
+    return float((ref.to(torch.float64) - hooked_last.to(torch.float64)).abs().max())
+
+
+def score(adapter: ModelAdapter, graph: Graph, pairs: Sequence, method: str = "eap-ig-inputs",
+          metric: str = "kl", steps: int | None = 5, ig_rule: str = "right", batch_size: int = 16,
+          progress: bool = False, parity: bool = True) -> ScoreResult:
+    """Score every edge of ``graph`` on prompt ``pairs`` (``analysis.datasets.PromptPair``)."""
+    t0 = time.perf_counter()
+    m = check_settings(method, metric, steps, ig_rule, batch_size)
+    metric_fn = get_metric(metric)
+    if graph.spec != adapter.spec:
+        raise UserError(f"graph {graph.spec} does not match the model {adapter.spec}")
+    if not pairs:
+        raise UserError("no prompt pairs to score")
+    enc = adapter.encode_pairs(pairs, need_corrupted_label=NEEDS_CORRUPTED_LABEL[metric])
+    acc = torch.float64 if adapter.dtype == torch.float64 else torch.float32
+    total = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64)
+    n = len(pairs)
+    starts = range(0, n, batch_size)
+    it = starts
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(starts, total=math.ceil(n / batch_size), desc=f"scoring ({method})", unit="batch")
+    parity_value = None
+    points = 1
+    for st in it:
+        batch = adapter.make_batch(enc, range(st, min(n, st + batch_size)))
+        s = _BatchScorer(adapter, graph, batch, metric_fn, acc)
+        points = _score_batch(s, method, m, ig_rule)
+        total += s.scores.to("cpu", torch.float64)
+        if parity and parity_value is None:
+            # the hooked clean-run logits: target is the (hooked) clean last-position logits
+            parity_value = _parity(adapter, batch, s.target)
+        del s
+    dense = total / (n * points)
+    dense[~graph.mask] = 0.0
+    settings = {
+        "method": method, "metric": metric,
+        "steps": m if method in ("eap-ig-inputs", "eap-ig-activations") else None,
+        "ig_rule": ig_rule if method in ("eap-ig-inputs", "eap-ig-activations") else None,
+        "batch_size": batch_size, "n_examples": n, "dtype": str(adapter.dtype).replace("torch.", ""),
+        "device": str(adapter.device), "aggregation": "sum over d_model and positions",
+        "normalization": "per example: sum over examples / N, mean over gradient points",
+        "kl": "vocabulary mean" if metric == "kl" else None,
+        "sign": SIGN_CONVENTION,
+    }
+    return ScoreResult(dense, graph.mask.clone(), graph, settings, parity_value, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------ memory
+def estimate_memory(adapter: ModelAdapter, graph: Graph, batch_size: int, n_pos: int) -> dict[str, int]:
+    """Rough peak memory (bytes) of one batch: weights, activation differences, stored gradients,
+    per-layer contraction temporaries and autograd activations."""
+    B, P, D, L, H = batch_size, n_pos, adapter.d_model, adapter.n_layers, adapter.n_heads
+    wb = torch.finfo(adapter.dtype).bits // 8
+    ab = 8 if adapter.dtype == torch.float64 else 4
+    n_params = sum(p.numel() for p in adapter.model.parameters())
+    d_mlp = getattr(adapter.model.config, "intermediate_size", None) or getattr(adapter.model.config, "n_inner", None) or 4 * D
+    out = {
+        "weights": n_params * wb,
+        "activation_differences": graph.n_src * B * P * D * ab,
+        "gradients": L * B * P * (5 * D) * wb,
+        "contraction": (3 * H) * B * P * D * ab * 2,
+        "autograd_activations": L * B * P * (12 * D + 2 * d_mlp + 2 * H * P) * wb,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,48 @@
+"""Metrics that scores are taken with respect to, evaluated per example at its last real position.
+
+Every metric maps ``(logits_last (B, V), clean_logits_last (B, V), label (B,), corrupted_label (B,)|None)``
+to a per-example value (B,). The engine sums per-example values (no batch mean), so scores never
+depend on the batch size.
+
+* ``kl``: KL(P_clean || P) **averaged over the vocabulary** (``F.kl_div(...).mean(-1)``), as the
+  paper's code (method.md 2.3). Zero on the clean run; grows as the run moves away from it.
+* ``logit-diff``: logit[label] - logit[corrupted_label]. Needs the corrupted_label column.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from analysis.errors import UserError
+
+Tensor = torch.Tensor
+
+
+def _upcast(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def kl_vocab_mean(logits: Tensor, clean_logits: Tensor, label=None, corrupted_label=None) -> Tensor:
+    logq = F.log_softmax(_upcast(logits), dim=-1)
+    logp = F.log_softmax(_upcast(clean_logits), dim=-1)
+    return F.kl_div(logq, logp, log_target=True, reduction="none").mean(-1)
+
+
+def logit_diff(logits: Tensor, clean_logits=None, label=None, corrupted_label=None) -> Tensor:
+    if corrupted_label is None:
+        raise UserError("the logit-diff metric needs a corrupted_label for every row")
+    x = _upcast(logits)
+    return x.gather(-1, label[:, None])[:, 0] - x.gather(-1, corrupted_label[:, None])[:, 0]
+
+
+METRICS: dict[str, Callable[..., Tensor]] = {"kl": kl_vocab_mean, "logit-diff": logit_diff}
+NEEDS_CORRUPTED_LABEL = {"kl": False, "logit-diff": True}
+
+
+def get_metric(name: str) -> Callable[..., Tensor]:
+    if name not in METRICS:
+        raise UserError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
+    return METRICS[name]
