@@ -69,6 +69,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         rv = cli.main(args=argv, prog_name="circuitshift", standalone_mode=False)
     except click.exceptions.Abort:

@@ -23,7 +23,12 @@ CALL (r, a) {
   WITH r, a WHERE r.arch = a.key
   MERGE (r)-[:ON_ARCH]->(a)
 }
-RETURN r.arch AS arch
+RETURN r.arch AS arch, r.config_hash AS config_hash
+"""
+
+COMPLETE_STEPS = """
+MATCH (c:Checkpoint {run: $run}) WHERE c.complete
+RETURN c.step AS step ORDER BY step
 """
 
 CREATE_CHECKPOINT = """

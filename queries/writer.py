@@ -51,6 +51,8 @@ class RunRecord:
     seed: int | None = field(default=None, metadata={"help": "Random seed."})
     code_version: str = field(default="", metadata={"help": "circuitshift version and git commit."})
     extra: dict = field(default_factory=dict, metadata={"help": "Anything else worth keeping (JSON)."})
+    config_hash: str = field(default="", metadata={"help": "Hash of the resolved job config: a rerun "
+                                                          "of a run id must match it."})
 
     def properties(self) -> dict:
         props = asdict(self)
@@ -144,12 +146,21 @@ class CircuitWriter:
         self._archs.add(arch.key)
 
     def ensure_run(self, run: RunRecord, arch: Architecture) -> None:
-        """Create the run (or keep the existing one: its provenance is never overwritten)."""
+        """Create the run (or keep the existing one: its provenance is never overwritten; a rerun
+        with another architecture or another job config is refused)."""
         self.ensure_architecture(arch)
         records, _, _ = self._run(S.MERGE_RUN, id=run.id, arch=arch.key, props=run.properties())
         if records and records[0]["arch"] != arch.key:
             raise UserError(f"run {run.id!r} already exists on architecture {records[0]['arch']}, "
                             f"not {arch.key}")
+        stored = records[0]["config_hash"] if records else None
+        if run.config_hash and stored and stored != run.config_hash:
+            raise UserError(f"run {run.id!r} already exists with other settings (config hash "
+                            f"{stored[:12]} vs {run.config_hash[:12]}); choose another --run-id")
+
+    def complete_steps(self, run_id: str) -> list[int]:
+        records, _, _ = self._run(S.COMPLETE_STEPS, run=run_id)
+        return [r["step"] for r in records]
 
     def write_checkpoint(self, run_id: str, arch: Architecture, data: CheckpointData) -> int:
         """Write one checkpoint atomically (as seen by queries); returns its uid."""

@@ -1,0 +1,111 @@
+"""One checkpoint's circuit: score every edge (EAP-IG), select the circuit (top 5%, pruned), evaluate
+it (faithfulness, circuit and model accuracy): method.md sections 2.3-2.5, on a model mid-training.
+
+The model may be a peft model in training mode: its adapters are merged for scoring (method.md 2.1:
+fine-tuned models are scored with LoRA merged), and afterwards the exact base weights, the
+`requires_grad` flags and the train/eval mode are restored, so training continues bit for bit as if
+nothing had happened.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from analysis.errors import UserError
+
+
+@dataclass
+class ScoringConfig:
+    """How each checkpoint's circuit is found and measured (defaults: the paper's, method.md 2)."""
+
+    method: str = field(default="eap-ig-inputs", metadata={"help": "EAP-IG variant (analysis.eap.METHODS)."})
+    steps: int = field(default=5, metadata={"help": "IG steps m."})
+    ig_rule: str = field(default="right", metadata={"help": "right: k=1..m (paper); left: k=0..m-1."})
+    metric: str = field(default="kl", metadata={"help": "kl (vocabulary mean) or logit-diff."})
+    batch_size: int = field(default=32, metadata={"help": "Scoring and evaluation batch size."})
+    top_frac: float = field(default=0.05, metadata={"help": "Circuit = top fraction of edges, then pruned."})
+    max_examples: int | None = field(default=None, metadata={"help": "Use at most N circuit-split pairs."})
+
+    def __post_init__(self):
+        from analysis.eap import check_settings
+        check_settings(self.method, self.metric, self.steps, self.ig_rule, self.batch_size)
+        if not 0 < self.top_frac <= 1:
+            raise UserError(f"--top-frac must be in (0, 1], got {self.top_frac}")
+
+
+@dataclass
+class CheckpointResult:
+    names: list[str]
+    scores: list[float]
+    in_graph: list[bool]
+    metrics: dict
+    settings: dict
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "merge_adapter") and hasattr(model, "get_base_model")
+
+
+@contextmanager
+def scoring_view(model):
+    """The plain HF model to score: peft adapters merged; everything restored exactly afterwards."""
+    was_training = model.training
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    saved = None
+    if _is_peft(model):
+        # merge/unmerge is W += BA then W -= BA: not exact in floating point, so keep the base weights
+        base = model.get_base_model()
+        saved = {n: p.detach().clone() for n, p in base.named_parameters() if "base_layer" in n}
+        model.merge_adapter()
+        plain = base
+    else:
+        plain = model
+    try:
+        yield plain
+    finally:
+        if saved is not None:
+            model.unmerge_adapter()
+            with torch.no_grad():
+                for n, p in model.get_base_model().named_parameters():
+                    if n in saved:
+                        p.copy_(saved[n])
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+        model.train(was_training)
+
+
+def score_checkpoint(model, tokenizer, pairs: Sequence, cfg: ScoringConfig,
+                     progress: bool = False) -> CheckpointResult:
+    """Score, select and evaluate the circuit of `model` on `pairs` (the held-out circuit split)."""
+    from analysis.adapter import ModelAdapter
+    from analysis.circuit import select_circuit
+    from analysis.eap import score
+    from analysis.evaluate import evaluate
+    from analysis.graph import build_graph
+
+    pairs = list(pairs)[: cfg.max_examples] if cfg.max_examples else list(pairs)
+    with scoring_view(model) as plain:
+        adapter = ModelAdapter(plain, tokenizer)
+        graph = build_graph(adapter.spec)
+        result = score(adapter, graph, pairs, method=cfg.method, metric=cfg.metric, steps=cfg.steps,
+                       ig_rule=cfg.ig_rule, batch_size=cfg.batch_size, progress=progress)
+        circuit = select_circuit(result, adapter.spec, "top_frac", cfg.top_frac)
+        if not circuit.edges:
+            raise UserError(f"the top {cfg.top_frac:g} of {len(graph.edges)} edges prune to an empty circuit; "
+                            "use a larger --top-frac for a model this small")
+        ev = evaluate(adapter, circuit, pairs, metric="kl", batch_size=cfg.batch_size, prune=False)
+    names = [e.name for e in graph.edges]
+    scores = graph.edge_scores(result.dense).double().tolist()
+    in_graph = [n in circuit.edges for n in names]
+    metrics = {"accuracy": ev.model_accuracy, "circuit_accuracy": ev.circuit_accuracy,
+               "faithfulness": ev.faithfulness, "f_model": ev.f_model, "f_circuit": ev.f_circuit,
+               "parity_max_abs_logit_diff": result.parity, "n_circuit_edges": len(circuit.edges),
+               "n_circuit_nodes": len(circuit.nodes), "n_examples": len(pairs),
+               "score_seconds": round(result.seconds, 3), "eval_seconds": round(ev.seconds, 3)}
+    settings = {**asdict(cfg), **result.settings, "selection": "top_frac then prune",
+                "faithfulness_metric": "kl (vocab mean), method.md 2.5"}
+    return CheckpointResult(names, scores, in_graph, metrics, settings)

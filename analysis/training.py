@@ -1,0 +1,174 @@
+"""Fine-tuning setups of the paper (method.md section 3): configs, data, peft models, checkpoint steps.
+
+Nothing here touches the database; `ingest/job.py` runs the training loop and the store callback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from analysis.errors import UserError
+
+METHODS = ("lora", "full", "adalora", "ia3")
+
+# Linear modules per architecture (method.md 3.2: every nn.Linear except the output embedding).
+TARGET_MODULES = {
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+FEEDFORWARD_MODULES = {
+    "gpt_neox": ["dense_h_to_4h", "dense_4h_to_h"], "gpt2": ["c_fc"], "gpt_neo": ["c_fc", "c_proj"],
+    "opt": ["fc1", "fc2"], "llama": ["gate_proj", "up_proj", "down_proj"],
+}
+
+# method.md 3.3: (epochs, LoRA lr, full-FT lr) per task family.
+TASK_DEFAULTS = {
+    "add_sub_100": (2, 3e-4, 8e-6), "add_sub_200": (4, 3e-4, 6e-6), "add_sub_300": (4, 3e-4, 6e-6),
+    "add_sub_400": (4, 3e-4, 5e-6), "add_sub_500": (4, 3e-4, 4e-6), "mul_div": (2, 3e-4, 4e-6),
+    "sequence": (4, 3e-4, 8e-6), "lcm": (2, 3e-4, 4e-6), "function": (2, 3e-4, 8e-6),
+    "compositional": (4, 3e-4, 8e-6),
+}
+PEFT_LR = {"adalora": 8e-3, "ia3": 8e-3}
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning hyper-parameters (defaults: the paper's, method.md 3.1)."""
+
+    method: str = field(default="lora", metadata={"help": "lora, full, adalora or ia3."})
+    rank: int = field(default=32, metadata={"help": "LoRA rank r (alpha = 2r, dropout 0)."})
+    learning_rate: float | None = field(default=None, metadata={"help": "Default: per task and method."})
+    epochs: float | None = field(default=None, metadata={"help": "Default: per task (method.md 3.3)."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; overrides epochs."})
+    batch_size: int = field(default=8, metadata={"help": "Per-device batch size."})
+    grad_accum: int = field(default=4, metadata={"help": "Gradient accumulation (effective batch 32)."})
+    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    max_length: int | None = field(default=None, metadata={"help": "Token length; default longest + 1."})
+    checkpoints: int = field(default=10, metadata={"help": "Evenly spaced checkpoints after step 0."})
+    seed: int = field(default=42, metadata={"help": "Seed of model init, data order and dropout."})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"unknown fine-tuning method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.rank < 1:
+            raise UserError(f"--rank must be >= 1, got {self.rank}")
+        if self.checkpoints < 1:
+            raise UserError(f"--checkpoints must be >= 1, got {self.checkpoints}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1")
+        if self.learning_rate is not None and not (0 < self.learning_rate < 1):
+            raise UserError(f"learning rate {self.learning_rate} is out of range (0, 1)")
+        if self.max_steps is not None and self.max_steps < self.checkpoints:
+            raise UserError(f"--max-steps {self.max_steps} is fewer than --checkpoints {self.checkpoints}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise UserError(f"--epochs must be > 0, got {self.epochs}")
+
+    def resolved(self, task: str | None) -> "TrainConfig":
+        """Fill learning rate and epochs from the paper's per-task table."""
+        epochs, lora_lr, full_lr = TASK_DEFAULTS.get(task or "", (2, 3e-4, 8e-6))
+        lr = self.learning_rate
+        if lr is None:
+            lr = full_lr if self.method == "full" else PEFT_LR.get(self.method, lora_lr)
+        return TrainConfig(**{**asdict(self), "learning_rate": lr,
+                              "epochs": self.epochs if self.epochs is not None else epochs})
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
+    return max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def checkpoint_steps(total: int, n: int) -> list[int]:
+    """Step 0 plus n evenly spaced steps ending at `total` (method.md 3.5)."""
+    if n > total:
+        raise UserError(f"{n} checkpoints do not fit in {total} training steps")
+    return [0] + [round(total * i / n) for i in range(1, n + 1)]
+
+
+def training_texts(pairs: Sequence) -> list[tuple[str, str]]:
+    """(prompt, answer) with the fine-tuning format `prompt\\nanswer` (method.md 1.9)."""
+    return [(p.clean + "\n", str(p.label)) for p in pairs]
+
+
+class CausalLMExamples:
+    """Tokenized fine-tuning examples: loss on the answer and the trailing EOS padding (method.md 1.9:
+    pad = eos and padded positions are not masked, so the model learns to stop)."""
+
+    def __init__(self, pairs: Sequence, tokenizer, max_length: int | None = None):
+        import torch
+
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise UserError("the tokenizer has no EOS token; fine-tuning needs one for padding")
+        rows = []
+        for prompt, answer in training_texts(pairs):
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            rows.append((p, a))
+        longest = max(len(p) + len(a) for p, a in rows) + 1
+        self.max_length = max_length or longest
+        self.items = []
+        for p, a in rows:
+            ids = (p + a)[: self.max_length]
+            labels = ([-100] * len(p) + a)[: self.max_length]
+            pad = self.max_length - len(ids)
+            self.items.append({
+                "input_ids": torch.tensor(ids + [eos] * pad),
+                "attention_mask": torch.ones(self.max_length, dtype=torch.long),
+                "labels": torch.tensor(labels + [eos] * pad),
+            })
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def target_modules(model_type: str) -> list[str]:
+    if model_type not in TARGET_MODULES:
+        raise UserError(f"no LoRA target modules known for {model_type!r}; known: "
+                        + ", ".join(TARGET_MODULES))
+    return TARGET_MODULES[model_type]
+
+
+def wrap_for_training(model, cfg: TrainConfig, total: int):
+    """The model to train: peft-wrapped for lora/adalora/ia3 (as method.md 3.2-3.4), itself for full."""
+    model_type = model.config.model_type
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import AdaLoraConfig, IA3Config, LoraConfig, get_peft_model
+
+    targets = target_modules(model_type)
+    fan_in_fan_out = model_type == "gpt2"  # GPT-2's Conv1D stores weights transposed
+    if cfg.method == "lora":
+        pc = LoraConfig(r=cfg.rank, lora_alpha=2 * cfg.rank, lora_dropout=0.0, bias="none",
+                        target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+    elif cfg.method == "adalora":
+        # method.md 3.4: init_r 32 -> target_r 16 over the run's own schedule
+        tinit, tfinal = max(1, total // 40), max(2, total // 4)
+        pc = AdaLoraConfig(init_r=2 * cfg.rank if cfg.rank < 32 else 32, target_r=max(1, cfg.rank // 2),
+                           tinit=tinit, tfinal=tfinal, deltaT=max(1, total // 20), beta1=0.85, beta2=0.85,
+                           orth_reg_weight=0.05, total_step=total, lora_alpha=32, lora_dropout=0.0,
+                           target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+    else:
+        pc = IA3Config(target_modules=targets, feedforward_modules=FEEDFORWARD_MODULES[model_type],
+                       fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+    return get_peft_model(model, pc)
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

@@ -1,0 +1,90 @@
+"""`circuitshift ingest run`: fine-tune and stream every checkpoint's circuit into Neo4j."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from analysis.errors import UserError
+
+
+@click.group()
+def ingest():
+    """Fine-tune a model and store its circuit at every checkpoint."""
+
+
+@ingest.command("run")
+@click.option("--model", required=True, help="HF hub name or local model folder.")
+@click.option("--task", default=None, help="Task to generate (circuitshift data tasks), e.g. add_sub.")
+@click.option("--data", "data_dir", default=None, type=click.Path(path_type=Path),
+              help="A dataset folder instead of --task (circuitshift data make).")
+@click.option("--n", type=int, default=None, help="Add/Sub range N (task option).")
+@click.option("--count", type=int, default=None, help="Examples to generate (task option).")
+@click.option("--method", default="lora", show_default=True, help="lora, full, adalora or ia3.")
+@click.option("--rank", type=int, default=32, show_default=True, help="LoRA rank (alpha = 2r).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the paper's per task).")
+@click.option("--epochs", type=float, default=None, help="Epochs (default: the paper's per task).")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--grad-accum", type=int, default=4, show_default=True)
+@click.option("--checkpoints", type=int, default=10, show_default=True, help="Checkpoints after step 0.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--run-id", default=None, help="Run name in the store (default: derived from the options).")
+@click.option("--ig-steps", type=int, default=5, show_default=True, help="EAP-IG steps m.")
+@click.option("--score-batch-size", type=int, default=32, show_default=True)
+@click.option("--top-frac", type=float, default=0.05, show_default=True, help="Circuit size before pruning.")
+@click.option("--max-examples", type=int, default=None, help="Score on at most N circuit-split pairs.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(model, task, data_dir, n, count, method, rank, lr, epochs, max_steps, batch_size, grad_accum,
+        checkpoints, seed, run_id, ig_steps, score_batch_size, top_frac, max_examples, device, quiet):
+    """Fine-tune MODEL on a task; at step 0 and every checkpoint, score, evaluate and store its circuit."""
+    from analysis.checkpoint import ScoringConfig
+    from analysis.training import TrainConfig
+
+    if (task is None) == (data_dir is None):
+        raise UserError("give exactly one of --task or --data")
+    train = TrainConfig(method=method, rank=rank, learning_rate=lr, epochs=epochs, max_steps=max_steps,
+                        batch_size=batch_size, grad_accum=grad_accum, checkpoints=checkpoints, seed=seed)
+    scoring = ScoringConfig(steps=ig_steps, batch_size=score_batch_size, top_frac=top_frac,
+                            max_examples=max_examples)
+    run_ingest_cli(model, task, data_dir, n, count, train, scoring, run_id, device, quiet)
+
+
+def run_ingest_cli(model, task, data_dir, n, count, train, scoring, run_id, device, quiet,
+                   state_dir: Path | None = None) -> dict:
+    from ingest.job import IngestConfig, print_summary, run_ingest, summary
+    from queries.api import Store
+    from queries.connection import session_driver
+    from queries.server.local import default_state_dir
+
+    state = Path(state_dir) if state_dir else default_state_dir()
+    if task is not None:
+        data_dir = make_task_data(task, n, count, model, state)
+    run_id = run_id or f"{Path(str(model)).name}-{task or Path(data_dir).name}-{train.method}-s{train.seed}"
+    cfg = IngestConfig(model=str(model), data=str(data_dir), run_id=run_id, train=train, scoring=scoring,
+                       task=None, device=device, state_dir=str(state))
+    with session_driver() as (driver, database):
+        result = run_ingest(cfg, driver, database, progress=not quiet, echo=click.echo)
+        click.echo("")
+        print_summary(summary(Store(driver, database), run_id), echo=click.echo)
+    return result
+
+
+def make_task_data(task: str, n, count, model: str, state: Path) -> Path:
+    """Generate the task's dataset with the model's tokenizer (cached by its options)."""
+    from analysis.provenance import content_hash
+    from analysis.tasks.build import DatasetSpec, make_dataset
+
+    model_path = Path(str(model))
+    if not model_path.is_dir():
+        raise UserError(f"--task needs a local model folder for its tokenizer; got {model}. Make the "
+                        "data with `circuitshift data make` and pass --data")
+    key = content_hash({"task": task, "n": n, "count": count,
+                        "tok": content_hash((model_path / "tokenizer.json").read_bytes()
+                                            if (model_path / "tokenizer.json").exists() else str(model))})[:12]
+    out = state / "data" / f"{task}{'-' + str(n) if n else ''}-{key}"
+    if not (out / "manifest.json").exists():
+        make_dataset(DatasetSpec(task=task, tokenizer=model_path, out=out, n=n, count=count, overwrite=True))
+    return out

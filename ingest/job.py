@@ -1,0 +1,297 @@
+"""The main job: fine-tune a model and, at checkpoint 0 and at N evenly spaced checkpoints, score its
+circuit with EAP-IG, evaluate it, and stream every scored edge into Neo4j while training goes on.
+
+Use it from the CLI (`circuitshift ingest run`) or add `CircuitCheckpointCallback` to your own
+`transformers.Trainer` (README: "Your own Trainer").
+
+Resumable and idempotent: the store says which checkpoints are complete; the Trainer's own checkpoints
+(saved at every circuit checkpoint under `.circuitshift/runs/RUN/trainer`) hold optimizer, scheduler,
+RNG and data-order state. Rerunning a run id resumes from the last saved training state and skips every
+checkpoint the store already holds, so an interrupted run ends with exactly the checkpoints of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from transformers import TrainerCallback
+
+from analysis.checkpoint import ScoringConfig, score_checkpoint
+from analysis.errors import UserError
+from analysis.training import TrainConfig
+from queries.components import Architecture
+from queries.writer import CheckpointData, CircuitWriter, RunRecord
+
+
+def architecture_of(model) -> Architecture:
+    from analysis.graph import GraphSpec
+    spec = GraphSpec.from_hf_config(model.config)
+    return Architecture(spec.n_layers, spec.n_heads, spec.parallel_attn_mlp, spec.n_kv_heads)
+
+
+class CircuitCheckpointCallback(TrainerCallback):
+    """A `TrainerCallback` that, at step 0 and at each step in `steps`, scores the circuit of the model
+    being trained on `pairs` (the held-out circuit split), evaluates accuracy and faithfulness, and
+    writes all scored edges and metrics to Neo4j through the store's writer.
+
+        callback = CircuitCheckpointCallback(driver, "neo4j", run, tokenizer, circuit_pairs,
+                                             steps=[0, 25, 50], scoring=ScoringConfig())
+        Trainer(model=model, args=args, train_dataset=ds, callbacks=[callback]).train()
+
+    Checkpoints already complete in the store are skipped (so reruns are idempotent). At each
+    circuit checkpoint it also asks the Trainer to save its state, so a rerun can resume there.
+    Scoring runs on the main process only.
+    """
+
+    def __init__(self, driver, database: str | None, run: RunRecord, tokenizer, pairs: Sequence,
+                 steps: Sequence[int], scoring: ScoringConfig | None = None, progress: bool = False,
+                 on_checkpoint=None):
+        self.writer = CircuitWriter(driver, database)
+        self.run = run
+        self.tokenizer = tokenizer
+        self.pairs = list(pairs)
+        self.steps = sorted(set(int(s) for s in steps))
+        self.scoring = scoring or ScoringConfig()
+        self.progress = progress
+        self.on_checkpoint = on_checkpoint
+        self._arch = None
+        self._done: set[int] | None = None
+        self.written: list[int] = []
+
+    def _ensure(self, model):
+        if self._arch is None:
+            self._arch = architecture_of(model)
+            self.writer.ensure_run(self.run, self._arch)
+            self._done = set(self.writer.complete_steps(self.run.id))
+
+    def _checkpoint(self, model, state, step: int) -> None:
+        self._ensure(model)
+        if step in self._done:
+            return
+        t0 = time.perf_counter()
+        res = score_checkpoint(model, self.tokenizer, self.pairs, self.scoring, progress=self.progress)
+        loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
+        meta = {**res.metrics, "epoch": float(state.epoch or 0.0), "train_loss": loss,
+                "scoring": res.settings, "checkpoint_seconds": round(time.perf_counter() - t0, 3)}
+        self.writer.write_checkpoint(self.run.id, self._arch, CheckpointData(
+            step=step, names=res.names, scores=res.scores, in_graph=res.in_graph, level="qkv", meta=meta))
+        self._done.add(step)
+        self.written.append(step)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(step, meta)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0 and 0 in self.steps and state.is_world_process_zero:
+            self._checkpoint(model, state, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps:
+            if state.is_world_process_zero:
+                self._checkpoint(model, state, state.global_step)
+            control.should_save = True
+        return control
+
+
+@dataclass
+class IngestConfig:
+    """Everything one ingest run depends on (its hash guards reruns of the same run id)."""
+
+    model: str = field(metadata={"help": "HF hub name or local model folder."})
+    data: str = field(metadata={"help": "Dataset folder (finetune.csv + circuit.csv + manifest)."})
+    run_id: str = field(metadata={"help": "Name of the run in the store."})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    task: str | None = field(default=None, metadata={"help": "Task name (for per-task defaults)."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda if any."})
+    state_dir: str = field(default=".circuitshift", metadata={"help": "Where training state is kept."})
+
+    def resolved_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("state_dir")
+        d.pop("device")
+        return d
+
+
+def _model_revision(name: str, config) -> str:
+    from analysis.provenance import file_hash
+    path = Path(name)
+    if path.is_dir():
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        if weights and sum(w.stat().st_size for w in weights) < 2 ** 31:
+            return "sha256:" + "+".join(file_hash(w)[:16] for w in weights)
+        return "local:" + ",".join(f"{w.name}:{w.stat().st_size}" for w in weights)
+    return getattr(config, "_commit_hash", None) or "unknown"
+
+
+def load_for_training(name: str, device: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from analysis.adapter import check_supported
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    p = Path(name).expanduser()
+    if (name.startswith((".", "/", "~")) or name.count("/") > 1) and not p.exists():
+        raise UserError(f"model path {name} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(str(p) if p.exists() else name)
+        check_supported(getattr(config, "model_type", None))
+        model = AutoModelForCausalLM.from_pretrained(str(p) if p.exists() else name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(p) if p.exists() else name)
+    except OSError as exc:
+        raise UserError(f"cannot load model {name!r}: {' '.join(str(exc).split())[:300]}") from None
+    return model.to(device), tokenizer, config
+
+
+def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool = True,
+               echo=print) -> dict:
+    """Fine-tune, scoring the circuit at every checkpoint into the store. Returns the summary."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from analysis.datasets import dataset_provenance, load_split
+    from analysis.provenance import code_version, content_hash, package_versions
+    from analysis.training import (CausalLMExamples, checkpoint_steps, total_steps, trainable_parameters,
+                                   wrap_for_training)
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    data = Path(cfg.data)
+    if not data.is_dir():
+        raise UserError(f"dataset folder {data} does not exist (make one with `circuitshift data make`)")
+    train_pairs, circuit_pairs = load_split(data, "finetune"), load_split(data, "circuit")
+    manifest = dataset_provenance(data)
+    task = cfg.task or manifest.get("task")
+    train_cfg = cfg.train.resolved(task)
+    total = total_steps(train_cfg, len(train_pairs))
+    steps = checkpoint_steps(total, train_cfg.checkpoints)
+
+    torch.manual_seed(train_cfg.seed)
+    model, tokenizer, config = load_for_training(cfg.model, device)
+    examples = CausalLMExamples(train_pairs, tokenizer, train_cfg.max_length)
+    model = wrap_for_training(model, train_cfg, total)
+    trainable, n_params = trainable_parameters(model)
+    resolved = {**cfg.resolved_dict(), "train": asdict(train_cfg), "total_steps": total,
+                "checkpoint_steps": steps, "dataset_hash": manifest.get("content_hash")}
+    run = RunRecord(
+        id=cfg.run_id, model=cfg.model, revision=_model_revision(cfg.model, config), task=task or "",
+        dataset_hash=manifest.get("content_hash_now") or manifest.get("content_hash", ""),
+        data_split="finetune -> training; circuit -> scoring and accuracy", method=train_cfg.method,
+        hparams={**asdict(train_cfg), "total_steps": total, "max_length": examples.max_length,
+                 "trainable_parameters": trainable, "total_parameters": n_params,
+                 "parameter_ratio": trainable / n_params},  # trainable / (base + trainable), method.md 3.2
+        seed=train_cfg.seed, code_version=code_version(),
+        extra={"scoring": asdict(cfg.scoring), "checkpoint_steps": steps, "dataset": manifest,
+               "packages": package_versions(), "device": device, "data_path": str(data)},
+        config_hash=content_hash(resolved))
+
+    out_dir = Path(cfg.state_dir) / "runs" / cfg.run_id / "trainer"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir.parent / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+
+    def report(step, meta):
+        echo(f"checkpoint {step:>5}: accuracy {meta['accuracy']:.3f}  faithfulness "
+             f"{meta['faithfulness']:.1f}%  circuit {meta['n_circuit_edges']} edges / "
+             f"{meta['n_circuit_nodes']} nodes  ({meta['checkpoint_seconds']:.1f} s)")
+
+    callback = CircuitCheckpointCallback(driver, database, run, tokenizer, circuit_pairs, steps,
+                                         cfg.scoring, progress=progress, on_checkpoint=report)
+    args = TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=train_cfg.batch_size,
+        gradient_accumulation_steps=train_cfg.grad_accum, learning_rate=train_cfg.learning_rate,
+        weight_decay=train_cfg.weight_decay, warmup_steps=min(train_cfg.warmup_steps, max(1, total // 5)),
+        max_steps=total, lr_scheduler_type="linear", logging_steps=max(1, total // 50),
+        save_strategy="no", save_total_limit=2, seed=train_cfg.seed, data_seed=train_cfg.seed,
+        report_to=[], use_cpu=(device == "cpu"), disable_tqdm=not progress, dataloader_num_workers=0,
+        remove_unused_columns=False, fp16=False, bf16=False)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, callbacks=[callback])
+    _quiet_logs(trainer, progress)
+    _save_config_with_checkpoints(trainer, resolved)
+    last = last_complete_checkpoint(out_dir)
+    done = set(CircuitWriter(driver, database).complete_steps(cfg.run_id))
+    if last is None and done and done != {0}:
+        echo(f"run {cfg.run_id}: store has steps {sorted(done)} but no saved training state; "
+             "retraining from step 0 (stored checkpoints are kept, not rescored)")
+    if set(steps) <= done:
+        echo(f"run {cfg.run_id}: all {len(steps)} checkpoints already stored")
+    else:
+        if last:
+            echo(f"resuming run {cfg.run_id} from {Path(last).name}")
+        trainer.train(resume_from_checkpoint=last)
+    return {"run": cfg.run_id, "steps": steps, "written": callback.written, "total_steps": total,
+            "trainable_parameters": trainable, "device": device}
+
+
+def last_complete_checkpoint(out_dir: Path) -> str | None:
+    """The newest Trainer checkpoint that was saved whole (our config file is written after the save,
+    in `on_save`); partial ones left by a kill are removed."""
+    import shutil
+    best = None
+    for ck in sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        if (ck / "circuitshift_config.json").exists():
+            best = ck
+        else:
+            shutil.rmtree(ck, ignore_errors=True)
+    return str(best) if best else None
+
+
+def _quiet_logs(trainer, progress: bool) -> None:
+    """Keep the loss in `log_history` (stored with each checkpoint) without printing every log dict."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class _BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(_BarOnly())
+
+
+def _save_config_with_checkpoints(trainer, resolved: dict) -> None:
+    """nanoGPT's habit: the resolved config travels inside every saved checkpoint."""
+    class _SaveConfig(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ck.is_dir():
+                (ck / "circuitshift_config.json").write_text(json.dumps(resolved, indent=2, default=str))
+
+    trainer.add_callback(_SaveConfig())
+
+
+def summary(store, run: str) -> dict:
+    """Accuracy, faithfulness, churn and change rates of a run, computed by the store's queries."""
+    from queries import library as Q
+    from queries.api import CircuitDefinition
+    metrics = store.read(Q.CHECKPOINT_METRICS, run=run)
+    out = {"run": run, "checkpoints": metrics}
+    if len(metrics) >= 2:
+        d = CircuitDefinition()
+        out["churn"] = store.churn(run, d)["transitions"]
+        rate = store.change_rate(run, d)
+        out["node_change_rate"] = rate["node_change_rate"]
+        out["edge_change_rate"] = rate["edge_change_rate"]
+    return out
+
+
+def print_summary(s: dict, echo=print) -> None:
+    from ingest.output import rows_table
+    rows = [{"step": m["step"], "epoch": round(m["epoch"] or 0, 2), "accuracy": m["accuracy"],
+             "circuit_acc": m["circuit_accuracy"], "faithfulness_%": m["faithfulness"],
+             "circuit_edges": m["n_in_graph"]} for m in s["checkpoints"]]
+    echo(rows_table(rows, f"run {s['run']}: checkpoints"))
+    if "churn" in s:
+        echo("")
+        echo(rows_table([{"transition": f"{t['from_step']}->{t['to_step']}", "nodes_added": t["nodes_added"],
+                          "nodes_removed": t["nodes_removed"], "edges_added": t["edges_added"],
+                          "edges_removed": t["edges_removed"], "edges_changed": t["edges_changed"]}
+                         for t in s["churn"]], "circuit churn (head level, stored circuits)"))
+        echo(f"\nchange rate: nodes {s['node_change_rate']:.1f}%  edges {s['edge_change_rate']:.1f}%  "
+             "(method.md 6.3)")
