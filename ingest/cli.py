@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     import os
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    logging.getLogger("neo4j").setLevel(logging.ERROR)  # retries are ours to report, in one line
     try:
         rv = cli.main(args=argv, prog_name="circuitshift", standalone_mode=False)
     except click.exceptions.Abort:
