@@ -223,7 +223,7 @@ def main():
         p = statistics.median(ing["plain_s"])
         print(f"| circuitshift (rank-ordered arrays + circuit relationships) | {o:.2f} | {e / o:,.0f} |")
         print(f"| plain: node per edge + SCORED relationship, 20k UNWIND | {p:.2f} | {e / p:,.0f} |")
-        print(f"| per-edge MERGE loop (2,000-edge sample, extrapolated) | {ing['merge_loop_s_extrapolated']:.0f} "
+        print(f"| per-edge merge loop, one statement per edge (2,000-edge sample, extrapolated) | {ing['merge_loop_s_extrapolated']:.0f} "
               f"| {e / ing['merge_loop_s_extrapolated']:,.0f} |")
         print(f"\nAll {args.checkpoints} checkpoints: " + ", ".join(f"{x:.2f}" for x in ing["ours_s"]) + " s")
         print("\n| query (warm, median of 3) | Cypher in Neo4j (s) | pull edges + Python (s) |")
