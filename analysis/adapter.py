@@ -3,24 +3,57 @@
 circuitshift runs the frozen Hugging Face model itself (exact HF parity, no weight conversion) and
 places PyTorch hooks where the EAP-IG graph needs them. Nothing else in the project touches module
 names, weight layouts or transformer_lens: when transformer_lens changed its API (4.x replaced
-HookedTransformer with TransformerBridge, whose split-q/k/v path is 4-8x slower and unsupported for
-some architectures) only this module would have to care, and it uses neither.
+HookedTransformer with TransformerBridge, whose split-q/k/v path is 4-8x slower and raises
+NotImplementedError for split q/k/v inputs and per-head results on GPT-Neo and OPT) only this module
+would have to care, and it uses neither.
 
-Supported architectures: GPT-NeoX (Pythia; parallel or sequential residual) and GPT-2.
+Supported architectures (module names in brackets: attention norm / q,k,v projection(s) / output
+projection / MLP norm / MLP / final norm / input node):
+
+* ``gpt_neox`` (Pythia; parallel or sequential residual) [input_layernorm / query_key_value (fused,
+  [head][q|k|v][dh]) / dense / post_attention_layernorm / mlp / final_layer_norm / embed_in].
+* ``gpt2`` [ln_1 / c_attn (fused Conv1D, [q|k|v][head][dh]) / c_proj / ln_2 / mlp / ln_f / wte].
+* ``gpt_neo`` [ln_1 / attn.attention.q_proj, k_proj, v_proj (separate, no bias) / out_proj / ln_2 /
+  mlp / ln_f / wte]. Sequential blocks; no 1/sqrt(dh) attention scaling; layers alternate global and
+  local (sliding-window) attention. Neither changes the graph nor the hooks: the window lives in the
+  attention module's causal mask, after the q/k/v projections and before the output projection, which
+  are the only places hooked, so both layer types are handled identically.
+* ``opt`` (pre-LN only) [self_attn_layer_norm / self_attn.q_proj, k_proj, v_proj (separate, with bias)
+  / out_proj / final_layer_norm (of the layer) / fc2 (the MLP has no module of its own: fc1 -> act ->
+  fc2, run on the flattened (B*P, D) residual stream; the hooks reshape to (B, P, D)) /
+  decoder.final_layer_norm / embed_tokens]. The learned positional embedding (offset 2) is added after
+  the input node and is identical for clean and corrupted prompts, so it cancels. Post-LN OPT (OPT-350m)
+  and project_in/project_out (word_embed_proj_dim != hidden_size) raise a UserError.
+* ``llama`` [input_layernorm (RMSNorm) / self_attn.q_proj, k_proj, v_proj (grouped-query: G <= H kv
+  heads) / o_proj / post_attention_layernorm / mlp (SwiGLU) / norm / embed_tokens]. Rotary embeddings
+  are applied after the projections (inside the attention), so the hooked q/k are pre-rotary as for
+  GPT-NeoX.
+
+How split q/k/v inputs and per-head results are obtained (the same for every architecture, without
+TransformerLens): a projection module's output is a list of heads; :meth:`ModelAdapter.qkv_projs`
+describes each q/k/v projection module of a layer as the graph destination columns of its heads plus
+their weight rows (n, dh, D) and bias (n, dh): one fused module with 3H heads (GPT-NeoX, GPT-2), or
+three modules q (H), k (G), v (G) (GPT-Neo, OPT, Llama). With grouped-query attention the k/v heads of
+kv-head g are the destinations ``a{l}.h{g*H/G}<k|v>`` (analysis.graph); the columns of the other query
+heads' k/v stay empty.
 
 What the hooks expose (B = batch, P = positions, D = d_model, H heads of size dh):
 
-* input node output: the token-embedding output (GPT-2: ``wte``; the position embedding is the same
-  for clean and corrupted prompts, so it cancels in every difference). It can be overridden, which is
-  how integrated gradients interpolate the input.
-* head outputs: the o-projection input ``z`` (B, P, D); head h's contribution is ``z_h @ W_O[h]``
+* input node output: the token-embedding output (the position embedding is the same for clean and
+  corrupted prompts, so it cancels in every difference). It can be overridden, which is how integrated
+  gradients interpolate the input.
+* head outputs: the o-projection input ``z`` (B, P, H*dh); head h's contribution is ``z_h @ W_O[h]``
   (:meth:`ModelAdapter.head_outputs`). Its bias is shared by clean and corrupted runs and cancels.
-* MLP outputs.
-* gradients at destinations: the q/k/v projection OUTPUT gradient (pre-rotary, all heads at once),
-  mapped back per head to the residual stream analytically with the attention LayerNorm's closed-form
-  vector-Jacobian product (:meth:`ModelAdapter.qkv_input_grads`); the gradient of the one use of the
-  residual stream that enters the MLP's LayerNorm and the final LayerNorm (through an alias with a
-  tensor hook).
+* MLP outputs (B, P, D).
+* gradients at destinations: the q/k/v projection OUTPUT gradient (pre-rotary; separate projections'
+  gradients are concatenated in q, k, v order), mapped back per head to the residual stream
+  analytically with the attention norm's closed-form vector-Jacobian product
+  (:meth:`ModelAdapter.qkv_input_grads`, :func:`layernorm_vjp`, :func:`rmsnorm_vjp`); the gradient of
+  the one use of the residual stream that enters the MLP's norm and the final norm (through an alias
+  with a tensor hook).
+* for patching (:mod:`analysis.patching`), each q/k/v projection module's output can be replaced by
+  recomputing its heads from per-head inputs through the same norm module and weight rows
+  (:meth:`ModelAdapter.write_heads`).
 """
 
 from __future__ import annotations
@@ -35,7 +68,8 @@ from torch import nn
 from analysis.errors import UserError
 from analysis.graph import GraphSpec
 
-SUPPORTED_ARCHITECTURES = ("gpt_neox", "gpt2")
+SUPPORTED_ARCHITECTURES = ("gpt_neox", "gpt2", "gpt_neo", "opt", "llama")
+FUSED_QKV = ("gpt_neox", "gpt2")
 
 Tensor = torch.Tensor
 
@@ -59,6 +93,26 @@ class Batch:
     corrupted_label: Tensor | None  # (B,) or None
 
 
+@dataclass
+class QKVProj:
+    """One q/k/v projection module of a layer, as a list of heads.
+
+    ``cols``: (n,) the graph destination column of each output head, relative to the layer's first
+    q/k/v column (q of head h = h, k = H + h, v = 2H + h); ``W`` (n, dh, D) and ``b`` (n, dh) or None:
+    head i's output is ``norm(x) @ W[i].T + b[i]``.
+    """
+
+    module: nn.Module
+    cols: Tensor
+    W: Tensor
+    b: Tensor | None
+    fused: bool  # the fused GPT-NeoX / GPT-2 module (output layout: ModelAdapter.split_qkv)
+
+    @property
+    def n(self) -> int:
+        return int(self.cols.numel())
+
+
 def check_supported(model_type: str | None) -> None:
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise UserError(f"unsupported architecture {model_type!r}; supported: "
@@ -71,80 +125,177 @@ class ModelAdapter:
     def __init__(self, model: nn.Module, tokenizer, source: str | None = None):
         cfg = model.config
         check_supported(getattr(cfg, "model_type", None))
+        self.arch: str = cfg.model_type
+        self.spec = GraphSpec.from_hf_config(cfg)  # UserErrors for unsupported variants (post-LN OPT, ...)
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tokenizer = tokenizer
         self.source = source
-        self.arch: str = cfg.model_type
-        self.spec = GraphSpec.from_hf_config(cfg)
         self.n_layers = self.spec.n_layers
         self.n_heads = self.spec.n_heads
+        self.n_kv_heads = self.spec.kv_heads
         self.d_model = cfg.hidden_size
-        self.d_head = self.d_model // self.n_heads
+        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
         self.vocab_size = cfg.vocab_size
         first = next(self.model.parameters())
         self.device, self.dtype = first.device, first.dtype
         if self.arch == "gpt_neox":
             base = self.model.gpt_neox
             self._embed, self._blocks, self._final_ln = base.embed_in, list(base.layers), base.final_layer_norm
-        else:
+        elif self.arch in ("gpt2", "gpt_neo"):
             base = self.model.transformer
             self._embed, self._blocks, self._final_ln = base.wte, list(base.h), base.ln_f
+        elif self.arch == "opt":
+            base = self.model.model.decoder
+            if base.final_layer_norm is None:
+                raise UserError("OPT without a final LayerNorm is not supported")
+            self._embed, self._blocks, self._final_ln = base.embed_tokens, list(base.layers), base.final_layer_norm
+        else:  # llama
+            base = self.model.model
+            self._embed, self._blocks, self._final_ln = base.embed_tokens, list(base.layers), base.norm
         self._w_qkv: dict[int, Tensor] = {}
         self._w_o: dict[int, Tensor] = {}
 
     # ---------------------------------------------------------------- modules and weights
-    def attn_ln(self, l: int) -> nn.LayerNorm:
+    def _attn(self, l: int) -> nn.Module:
         b = self._blocks[l]
-        return b.input_layernorm if self.arch == "gpt_neox" else b.ln_1
+        if self.arch == "gpt_neox":
+            return b.attention
+        if self.arch == "gpt2":
+            return b.attn
+        if self.arch == "gpt_neo":
+            return b.attn.attention
+        return b.self_attn  # opt, llama
 
-    def mlp_ln(self, l: int) -> nn.LayerNorm:
+    def attn_ln(self, l: int) -> nn.Module:
         b = self._blocks[l]
-        return b.post_attention_layernorm if self.arch == "gpt_neox" else b.ln_2
+        if self.arch in ("gpt_neox", "llama"):
+            return b.input_layernorm
+        if self.arch == "opt":
+            return b.self_attn_layer_norm
+        return b.ln_1  # gpt2, gpt_neo
 
-    def final_ln(self) -> nn.LayerNorm:
+    def mlp_ln(self, l: int) -> nn.Module:
+        b = self._blocks[l]
+        if self.arch in ("gpt_neox", "llama"):
+            return b.post_attention_layernorm
+        if self.arch == "opt":
+            return b.final_layer_norm
+        return b.ln_2
+
+    def final_ln(self) -> nn.Module:
         return self._final_ln
 
     def qkv_proj(self, l: int) -> nn.Module:
-        b = self._blocks[l]
-        return b.attention.query_key_value if self.arch == "gpt_neox" else b.attn.c_attn
+        """The fused q/k/v projection (GPT-NeoX, GPT-2 only; see :meth:`qkv_projs` for every architecture)."""
+        if self.arch not in FUSED_QKV:
+            raise ValueError(f"{self.arch} has separate q/k/v projections: use qkv_projs")
+        a = self._attn(l)
+        return a.query_key_value if self.arch == "gpt_neox" else a.c_attn
+
+    def qkv_modules(self, l: int) -> list[nn.Module]:
+        """The q/k/v projection module(s) of layer l: [fused] or [q_proj, k_proj, v_proj]."""
+        if self.arch in FUSED_QKV:
+            return [self.qkv_proj(l)]
+        a = self._attn(l)
+        return [a.q_proj, a.k_proj, a.v_proj]
 
     def o_proj(self, l: int) -> nn.Module:
-        b = self._blocks[l]
-        return b.attention.dense if self.arch == "gpt_neox" else b.attn.c_proj
+        a = self._attn(l)
+        if self.arch == "gpt_neox":
+            return a.dense
+        if self.arch == "gpt2":
+            return a.c_proj
+        if self.arch == "llama":
+            return a.o_proj
+        return a.out_proj  # gpt_neo, opt
 
     def mlp(self, l: int) -> nn.Module:
-        return self._blocks[l].mlp
+        """The module whose output is the MLP node's output (OPT: ``fc2``, output (B*P, D))."""
+        b = self._blocks[l]
+        return b.fc2 if self.arch == "opt" else b.mlp
 
     def W_qkv(self, l: int) -> Tensor:
-        """(3, H, dh, D): q_h = LN(x) @ W_qkv[0, h].T (+ bias)."""
+        """(3, H, dh, D): q_h = LN(x) @ W_qkv[0, h].T (+ bias). Not for grouped-query models (use
+        :meth:`qkv_projs`)."""
         if l not in self._w_qkv:
             H, dh, D = self.n_heads, self.d_head, self.d_model
-            w = self.qkv_proj(l).weight.detach()
             if self.arch == "gpt_neox":  # Linear (3D, D); output layout [head][q|k|v][dh]
-                w = w.view(H, 3, dh, D).permute(1, 0, 2, 3)
-            else:  # Conv1D (D, 3D); output layout [q|k|v][head][dh]
-                w = w.t().view(3, H, dh, D)
+                w = self.qkv_proj(l).weight.detach().view(H, 3, dh, D).permute(1, 0, 2, 3)
+            elif self.arch == "gpt2":  # Conv1D (D, 3D); output layout [q|k|v][head][dh]
+                w = self.qkv_proj(l).weight.detach().t().view(3, H, dh, D)
+            else:
+                if self.n_kv_heads != H:
+                    raise ValueError("grouped-query attention has no (3, H, dh, D) W_qkv: use qkv_projs")
+                w = torch.stack([m.weight.detach().view(H, dh, D) for m in self.qkv_modules(l)])
             self._w_qkv[l] = w.contiguous()
         return self._w_qkv[l]
+
+    def _qkv_bias(self, l: int) -> Tensor | None:
+        """(3H, dh) bias rows of the fused projection, ordered q heads, k heads, v heads."""
+        H, dh = self.n_heads, self.d_head
+        bias = self.qkv_proj(l).bias
+        if bias is None:
+            return None
+        bias = bias.detach()
+        if self.arch == "gpt_neox":
+            return bias.view(H, 3, dh).transpose(0, 1).reshape(3 * H, dh)
+        return bias.view(3 * H, dh)
+
+    def qkv_projs(self, l: int) -> list[QKVProj]:
+        """Layer l's q/k/v projection modules as lists of heads (the module docstring)."""
+        H, G, dh, D = self.n_heads, self.n_kv_heads, self.d_head, self.d_model
+        dev = self.device
+        if self.arch in FUSED_QKV:
+            return [QKVProj(self.qkv_proj(l), torch.arange(3 * H, device=dev), self.W_qkv(l).view(3 * H, dh, D),
+                            self._qkv_bias(l), True)]
+        r = H // G
+        kv_heads = torch.arange(G, device=dev) * r  # the first query head of each group
+        cols = [torch.arange(H, device=dev), H + kv_heads, 2 * H + kv_heads]
+        out = []
+        for m, c in zip(self.qkv_modules(l), cols):
+            n = int(c.numel())
+            b = m.bias.detach().view(n, dh) if m.bias is not None else None
+            out.append(QKVProj(m, c, m.weight.detach().view(n, dh, D), b, False))
+        return out
 
     def W_O(self, l: int) -> Tensor:
         """(H, dh, D): head h's output is z_h @ W_O[h]."""
         if l not in self._w_o:
             H, dh, D = self.n_heads, self.d_head, self.d_model
             w = self.o_proj(l).weight.detach()
-            w = w.t() if self.arch == "gpt_neox" else w  # -> (D_in=H*dh, D_out)
+            w = w if self.arch == "gpt2" else w.t()  # -> (D_in=H*dh, D_out) (GPT-2's Conv1D already is)
             self._w_o[l] = w.reshape(H, dh, D).contiguous()
         return self._w_o[l]
 
     def split_qkv(self, g: Tensor) -> Tensor:
-        """(B, P, 3D) q/k/v projection output (or its gradient) -> (B, P, 3, H, dh) (a view)."""
+        """Fused architectures: (B, P, 3D) q/k/v projection output (or its gradient) -> (B, P, 3, H, dh)
+        (a view)."""
         B, P, _ = g.shape
         H, dh = self.n_heads, self.d_head
         if self.arch == "gpt_neox":
             return g.view(B, P, H, 3, dh).transpose(2, 3)
-        return g.view(B, P, 3, H, dh)
+        if self.arch == "gpt2":
+            return g.view(B, P, 3, H, dh)
+        raise ValueError(f"{self.arch} has separate q/k/v projections: use heads_of")
+
+    def heads_of(self, p: QKVProj, out: Tensor) -> Tensor:
+        """A projection's output (or gradient) (B, P, n*dh) -> its heads (B, P, n, dh), in ``p.cols`` order."""
+        B, P = out.shape[:2]
+        if p.fused:
+            return self.split_qkv(out).reshape(B, P, p.n, self.d_head)
+        return out.view(B, P, p.n, self.d_head)
+
+    def write_heads(self, p: QKVProj, like: Tensor, new: Tensor) -> Tensor:
+        """A new projection output shaped and laid out as ``like`` from per-head values (B, P, n, dh)."""
+        res = torch.empty_like(like)
+        B, P = like.shape[:2]
+        if p.fused:
+            self.split_qkv(res).copy_(new.view(B, P, 3, self.n_heads, self.d_head))
+        else:
+            res.view(B, P, p.n, self.d_head).copy_(new)
+        return res
 
     # ---------------------------------------------------------------- per-head maths
     def head_outputs(self, l: int, z: Tensor, out_dtype=None) -> Tensor:
@@ -157,17 +308,30 @@ class ModelAdapter:
         return torch.einsum("bphk,hkd->hbpd", zh, w)
 
     def qkv_input_grads(self, l: int, g_qkv: Tensor, x: Tensor, out_dtype=None) -> Tensor:
-        """Gradient at each head's q/k/v INPUT (the residual stream before the attention LayerNorm).
+        """Gradient at each head's q/k/v INPUT (the residual stream before the attention norm).
 
-        g_qkv: (B, P, 3D) gradient at the q/k/v projection output; x: (B, P, D) the attention
-        LayerNorm's input. Returns (3H, B, P, D), ordered q heads, k heads, v heads:
-        g_in(h, q) = J_LN(x)^T (W_Q[h]^T g_q_h), the LayerNorm VJP in closed form.
+        g_qkv: (B, P, n_qkv) gradient at the q/k/v projection output(s) (separate projections: q, k, v
+        concatenated); x: (B, P, D) the attention norm's input. Returns (3H, B, P, D) in the graph's
+        column order (q heads, k heads, v heads): g_in(h, t) = J_norm(x)^T (W_t[h]^T g_t_h), the norm's
+        VJP in closed form. With grouped-query attention, kv-head g's k/v gradient sits at the first
+        query head of its group and the other heads' k/v rows are zero.
         """
         dt = out_dtype or g_qkv.dtype
-        g = self.split_qkv(g_qkv).to(dt)
-        u = torch.einsum("bpthk,thkd->thbpd", g, self.W_qkv(l).to(dt))  # (3, H, B, P, D)
-        u = u.reshape(3 * self.n_heads, *u.shape[2:])
-        return layernorm_vjp(self.attn_ln(l), x.to(dt), u)
+        projs = self.qkv_projs(l)
+        if len(projs) == 1:
+            g = self.split_qkv(g_qkv).to(dt)
+            u = torch.einsum("bpthk,thkd->thbpd", g, self.W_qkv(l).to(dt))  # (3, H, B, P, D)
+            u = u.reshape(3 * self.n_heads, *u.shape[2:])
+            return norm_vjp(self.attn_ln(l), x.to(dt), u)
+        parts = torch.split(g_qkv, [p.n * self.d_head for p in projs], dim=-1)
+        u = torch.cat([torch.einsum("bpnk,nkd->nbpd", self.heads_of(p, gp).to(dt), p.W.to(dt))
+                       for p, gp in zip(projs, parts)])
+        gin = norm_vjp(self.attn_ln(l), x.to(dt), u)
+        if gin.shape[0] == 3 * self.n_heads:
+            return gin
+        full = gin.new_zeros(3 * self.n_heads, *gin.shape[1:])
+        full[torch.cat([p.cols for p in projs])] = gin
+        return full
 
     # ---------------------------------------------------------------- running
     def embed(self, tokens: Tensor) -> Tensor:
@@ -205,6 +369,9 @@ class ModelAdapter:
 
         if embed_override is not None:
             add(self._embed.register_forward_hook(lambda m, a, out: embed_override(out)))
+        # OPT runs its MLP on the flattened (B*P, D) stream: remember each layer's (B, P, D) shape
+        shapes: dict[int, torch.Size] = {}
+        mlp_hooked = on_mlp_out is not None or mlp_out_override is not None
         for l in range(L):
             if on_z is not None:
                 add(self.o_proj(l).register_forward_pre_hook(
@@ -217,22 +384,45 @@ class ModelAdapter:
                         return attn_out_override(l, out)
                     return None
                 add(self.o_proj(l).register_forward_hook(f_attn))
-            if on_mlp_out is not None or mlp_out_override is not None:
+            if mlp_hooked and self.arch == "opt":
+                add(self.attn_ln(l).register_forward_pre_hook(
+                    lambda m, a, l=l: shapes.__setitem__(l, a[0].shape)))
+            if mlp_hooked:
                 def f_mlp(m, a, out, l=l):
+                    o = out.view(shapes[l]) if out.dim() == 2 else out
                     if on_mlp_out is not None:
-                        on_mlp_out(l, out.detach())
+                        on_mlp_out(l, o.detach())
                     if mlp_out_override is not None:
-                        return mlp_out_override(l, out)
+                        new = mlp_out_override(l, o)
+                        return None if new is None else new.reshape(out.shape)
                     return None
                 add(self.mlp(l).register_forward_hook(f_mlp))
             if on_attn_ln_in is not None:
                 add(self.attn_ln(l).register_forward_pre_hook(
                     lambda m, a, l=l: on_attn_ln_in(l, a[0].detach())))
             if grad_qkv is not None:
-                def f_qkv(m, a, out, l=l):
-                    if out.requires_grad:
-                        out.register_hook(lambda g, l=l: grad_qkv(l, g))
-                add(self.qkv_proj(l).register_forward_hook(f_qkv))
+                mods = self.qkv_modules(l)
+                if len(mods) == 1:
+                    def f_qkv(m, a, out, l=l):
+                        if out.requires_grad:
+                            out.register_hook(lambda g, l=l: grad_qkv(l, g))
+                    add(mods[0].register_forward_hook(f_qkv))
+                else:  # separate q, k, v: report their gradients concatenated, once all three arrived
+                    buf: dict[int, Tensor] = {}
+
+                    def f_part(m, a, out, l=l, i=0, buf=buf):
+                        if not out.requires_grad:
+                            return
+
+                        def got(g):
+                            buf[i] = g
+                            if len(buf) == 3:
+                                cat = torch.cat([buf[0], buf[1], buf[2]], dim=-1)
+                                buf.clear()
+                                grad_qkv(l, cat)
+                        out.register_hook(got)
+                    for i, m in enumerate(mods):
+                        add(m.register_forward_hook(lambda mm, a, out, i=i, f=f_part: f(mm, a, out, i=i)))
             if grad_mlp_in is not None:
                 add(self.mlp_ln(l).register_forward_pre_hook(_alias_grad_hook(lambda g, l=l: grad_mlp_in(l, g))))
         if grad_final_in is not None:
@@ -320,6 +510,27 @@ def _alias_grad_hook(cb: Callable[[Tensor], None]):
         return (y,) + tuple(args[1:])
 
     return pre
+
+
+def norm_vjp(norm: nn.Module, x: Tensor, v: Tensor) -> Tensor:
+    """Closed-form J_norm(x)^T v for a LayerNorm or an RMSNorm (Llama) module."""
+    if isinstance(norm, nn.LayerNorm):
+        return layernorm_vjp(norm, x, v)
+    if hasattr(norm, "variance_epsilon") and hasattr(norm, "weight"):  # LlamaRMSNorm
+        return rmsnorm_vjp(norm, x, v)
+    raise UserError(f"no closed-form VJP for the norm module {type(norm).__name__}")
+
+
+def rmsnorm_vjp(norm: nn.Module, x: Tensor, v: Tensor) -> Tensor:
+    """Closed-form J_RMS(x)^T v for v of shape (..., B, P, D) broadcast against x (B, P, D).
+
+    RMS(x) = w * xhat, xhat = x / sqrt(mean(x^2) + eps) = x * r:
+    J^T v = r * (u - xhat * mean(u * xhat)) with u = w * v.
+    """
+    r = torch.rsqrt((x * x).mean(-1, keepdim=True) + norm.variance_epsilon)
+    xhat = x * r
+    u = v * norm.weight.to(v.dtype)
+    return (u - xhat * (u * xhat).mean(-1, keepdim=True)) * r
 
 
 def layernorm_vjp(ln: nn.LayerNorm, x: Tensor, v: Tensor) -> Tensor:

@@ -291,25 +291,49 @@ def select_circuit(scores, spec: GraphSpec | None = None, method: str = "top_fra
 
 
 # ------------------------------------------------------------------------------------------ pruning
+def _consumers(spec: GraphSpec, name: str) -> tuple[str, set[str]]:
+    """(source, the nodes that read this edge). With grouped-query attention a k/v edge is named after
+    the first query head of its group but feeds the shared k/v input that every head of the group reads."""
+    src, dst, qkv = split_edge_name(name)
+    group = spec.n_heads // (spec.n_kv_heads or spec.n_heads)
+    if qkv in ("k", "v") and group > 1:
+        layer, head = dst[1:].split(".h")
+        return src, {f"a{layer}.h{int(head) + i}" for i in range(group)}
+    return src, {dst}
+
+
 def prune_circuit(c: Circuit) -> Circuit:
     """Drop dead nodes and their edges until nothing changes (method.md 2.4 step 3; hannamw
     ``prune_dead_nodes`` with prune_childless and prune_parentless).
 
     A node is dead when it has no in-circuit child edge (except ``logits``) or no in-circuit parent
-    edge (except ``input``); for a head any of its q/k/v edges counts as a parent. hannamw does one
-    childless and one parentless sweep; we iterate with a worklist (a removal can only kill the
-    removed edges' endpoints), so the result is a fixed point and pruning is idempotent. An empty
-    result is returned as such: evaluating it gives 0% faithfulness.
+    edge (except ``input``); for a head any of its q/k/v edges counts as a parent, and with grouped-query
+    attention a group's shared k/v edges count as parents of every head of the group (they go only
+    when the source dies or every head of the group is dead). hannamw does one childless and one
+    parentless sweep; we iterate with a worklist (a removal can only kill the removed edges'
+    endpoints), so the result is a fixed point and pruning is idempotent. An empty result is returned
+    as such: evaluating it gives 0% faithfulness.
     """
     edges = dict(c.edges)
-    parsed = {n: split_edge_name(n)[:2] for n in edges}
+    parsed = {n: _consumers(c.spec, n) for n in edges}
+    live = {n: set(cons) for n, (_, cons) in parsed.items()}
     children: dict[str, set[str]] = {}
     parents: dict[str, set[str]] = {}
-    for n, (s, d) in parsed.items():
+    for n, (s, cons) in parsed.items():
         children.setdefault(s, set()).add(n)
-        parents.setdefault(d, set()).add(n)
-    alive = {s for s, _ in parsed.values()} | {d for _, d in parsed.values()}
-    work = list(alive)
+        for d in cons:
+            parents.setdefault(d, set()).add(n)
+    alive = {s for s, _ in parsed.values()} | {d for _, cons in parsed.values() for d in cons}
+    work = sorted(alive)
+
+    def remove(n):
+        s, cons = parsed[n]
+        children[s].discard(n)
+        for d in cons:
+            parents.get(d, set()).discard(n)
+        del edges[n]
+        work.extend([s, *cons])
+
     while work:
         node = work.pop()
         if node not in alive:
@@ -319,12 +343,13 @@ def prune_circuit(c: Circuit) -> Circuit:
         if has_parent and has_child:
             continue
         alive.discard(node)
-        for n in list(parents.get(node, ())) + list(children.get(node, ())):
-            s, d = parsed[n]
-            children[s].discard(n)
-            parents[d].discard(n)
-            del edges[n]
-            work += [s, d]
+        for n in list(children.get(node, ())):
+            remove(n)
+        for n in list(parents.get(node, ())):
+            live[n].discard(node)
+            parents[node].discard(n)
+            if not live[n] & alive:
+                remove(n)
     kept = {n: s for n, s in c.edges.items() if n in edges}
     return Circuit(c.spec, c.level, kept, frozenset(alive), c.all_scores, {**c.meta, "pruned": True})
 

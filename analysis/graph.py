@@ -21,6 +21,24 @@ Dense layout (identical to hannamw/EAP-IG's ``Graph``)
     Scores live in a dense ``(n_src, n_dst)`` tensor; ``mask`` marks the real edges.
 
     E = (3H+1)[L + (H+1)L(L-1)/2] + 1 + L(H+1)  (+ L*H when sequential).
+
+Grouped-query attention (Llama with G = ``n_kv_heads`` < H key/value heads, r = H/G query heads per group)
+    Query heads stay nodes ``a{l}.h{h}`` with their own ``<q>`` destinations. The k and v inputs exist once
+    per KV-HEAD: kv-head g's are named after the FIRST query head of its group, ``a{l}.h{g*r}<k>`` /
+    ``<v>``; the other query heads of the group have no k/v edges (they read the same k/v input).
+    So the per-layer destinations are H + 2G (+ the MLP) and
+
+    E = (H+2G+1)[L + (H+1)L(L-1)/2] + 1 + L(H+1)  (+ L*H when sequential).
+
+    The dense layout keeps hannamw's 3H columns per layer (``a{l}.h{h}<k>`` of a non-first query head is
+    a column with no edge: ``mask`` is False there), so the engine, patching and every name stay as for
+    ungrouped attention. A head-level edge ``u->a{l}.h{h}`` expanded to q/k/v
+    (:func:`kv_representative`) stands for ``u->a{l}.h{h}<q>`` and the group's shared
+    ``u->a{l}.h{g*r}<k|v>``.
+
+    Pruning (:func:`analysis.circuit.prune_circuit`) treats a group's k/v edges as parents of every
+    head of the group and drops them only when their source or every head of the group is dead, so
+    pruning never changes a patching evaluation, with or without grouped-query attention.
 """
 
 from __future__ import annotations
@@ -44,9 +62,9 @@ _EDGE_RE = re.compile(r"^(input|a\d+\.h\d+|m\d+)->(a\d+\.h\d+|m\d+|logits)(?:<([
 class GraphSpec:
     """The shape of a model's graph: everything the edge set depends on.
 
-    ``n_kv_heads`` is recorded for grouped-query models (the graph is still per query head: one
-    k and v destination per query head, as hannamw/EAP-IG's ungrouped attention); it does not change
-    the edge set.
+    ``n_kv_heads``: the number of key/value heads of a grouped-query model (None when every query
+    head has its own, i.e. G = H). With G < H only the first query head of each group carries k/v
+    edges (module docstring), which changes the edge count.
     """
 
     n_layers: int
@@ -54,9 +72,28 @@ class GraphSpec:
     parallel_attn_mlp: bool
     n_kv_heads: int | None = None
 
+    def __post_init__(self):
+        G, H = self.n_kv_heads, self.n_heads
+        if G is not None and (G <= 0 or H % G):
+            raise UserError(f"n_kv_heads {G} must be a positive divisor of n_heads {H}")
+
+    @property
+    def kv_heads(self) -> int:
+        """G: the number of key/value heads (H without grouped-query attention)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def group_size(self) -> int:
+        """r = H / G query heads share one key/value head."""
+        return self.n_heads // self.kv_heads
+
+    def has_kv(self, head: int) -> bool:
+        """Whether query head ``head`` carries the k/v destinations of its group (the group's first)."""
+        return head % self.group_size == 0
+
     @classmethod
     def from_hf_config(cls, config) -> "GraphSpec":
-        """From a transformers config (GPT-NeoX, GPT-2, GPT-Neo)."""
+        """From a transformers config (GPT-NeoX, GPT-2, GPT-Neo, OPT, Llama)."""
         mt = getattr(config, "model_type", None)
         if mt == "gpt_neox":
             return cls(config.num_hidden_layers, config.num_attention_heads,
@@ -65,7 +102,20 @@ class GraphSpec:
             return cls(config.n_layer, config.n_head, False)
         if mt == "gpt_neo":
             return cls(config.num_layers, config.num_heads, False)
-        raise UserError(f"unsupported architecture {mt!r} for a graph; supported: gpt_neox, gpt2, gpt_neo")
+        if mt == "opt":
+            if not getattr(config, "do_layer_norm_before", True):
+                raise UserError("post-LayerNorm OPT (do_layer_norm_before=False, e.g. OPT-350m) is not supported: "
+                                "its residual stream is normalised after each sublayer, so node outputs do not add up")
+            wdim = getattr(config, "word_embed_proj_dim", None)
+            if wdim is not None and wdim != config.hidden_size:
+                raise UserError(f"OPT with word_embed_proj_dim {wdim} != hidden_size {config.hidden_size} "
+                                "(project_in/project_out) is not supported")
+            return cls(config.num_hidden_layers, config.num_attention_heads, False)
+        if mt == "llama":
+            H = config.num_attention_heads
+            G = getattr(config, "num_key_value_heads", None) or H
+            return cls(config.num_hidden_layers, H, False, None if G == H else G)
+        raise UserError(f"unsupported architecture {mt!r} for a graph; supported: gpt_neox, gpt2, gpt_neo, opt, llama")
 
 
 @dataclass(frozen=True)
@@ -101,10 +151,22 @@ def parse_edge_name(name: str) -> tuple[str, str, str | None]:
     return src, dst, qkv
 
 
+def kv_representative(spec: GraphSpec, name: str) -> str:
+    """The graph's name for a q/k/v-level edge: with grouped-query attention ``u->a1.h3<k>`` (query head 3
+    reads kv-head 3 // r) becomes ``u->a1.h{first head of that group}<k>``; other names are unchanged."""
+    if spec.group_size == 1 or not name.endswith(("<k>", "<v>")):
+        return name
+    src, dst, qkv = parse_edge_name(name)
+    layer, head = dst[1:].split(".h")
+    first = int(head) - int(head) % spec.group_size
+    return edge_name(src, f"a{layer}.h{first}", qkv)
+
+
 def expected_edge_count(spec: GraphSpec) -> int:
-    """E = (3H+1)[L + (H+1)L(L-1)/2] + 1 + L(H+1) (+ L*H when sequential)."""
-    L, H = spec.n_layers, spec.n_heads
-    e = (3 * H + 1) * (L + (H + 1) * L * (L - 1) // 2) + 1 + L * (H + 1)
+    """E = (H+2G+1)[L + (H+1)L(L-1)/2] + 1 + L(H+1) (+ L*H when sequential); G = H without grouped-query
+    attention, which gives (3H+1)[...]."""
+    L, H, G = spec.n_layers, spec.n_heads, spec.kv_heads
+    e = (H + 2 * G + 1) * (L + (H + 1) * L * (L - 1) // 2) + 1 + L * (H + 1)
     if not spec.parallel_attn_mlp:
         e += L * H
     return e
@@ -213,8 +275,8 @@ def build_graph(spec: GraphSpec) -> Graph:
         sources += heads + [f"m{l}"]
         destinations += [f"{a}<{x}>" for x in QKV for a in heads] + [f"m{l}"]
         for src in residual:
-            for a in heads:
-                for x in QKV:
+            for h, a in enumerate(heads):
+                for x in QKV if spec.has_kv(h) else ("q",):
                     edges.append(Edge(src, a, x, edge_name(src, a, x)))
             if spec.parallel_attn_mlp:
                 edges.append(Edge(src, f"m{l}", None, edge_name(src, f"m{l}")))
@@ -243,6 +305,10 @@ def _dense_mask(spec: GraphSpec, nodes: dict[str, Node], sources: list[str], des
     mask = src_layer[:, None] < dst_layer[None, :]
     if not spec.parallel_attn_mlp:
         mask |= (src_layer[:, None] == dst_layer[None, :]) & src_attn[:, None] & dst_mlp[None, :]
+    if spec.group_size > 1:  # grouped-query: k/v columns only for the first query head of each group
+        no_kv = torch.tensor([d.endswith(("<k>", "<v>")) and not spec.has_kv(nodes[d.split("<")[0]].head)
+                              for d in destinations])
+        mask[:, no_kv] = False
     return mask
 
 

@@ -7,11 +7,15 @@ destination sees its in-circuit parents as they are in this (patched) run and ev
 it was in the corrupted run.
 
 The model shares one attention LayerNorm input between all heads of a layer, but the q, k and v inputs
-of each head are patched differently. So, for a layer that needs it, a forward hook on the q/k/v
-projection REPLACES its output: the residual stream captured at the attention LayerNorm's input plus
-each (q|k|v, head)'s own delta goes through that LayerNorm module and that head's rows of W_qkv (+ bias)
-and is written back in the projection's own layout; rotary, softmax and the output projection run in
-HF as usual. MLP and final-LayerNorm inputs are patched by pre-hooks that shift only the LayerNorm's
+of each head are patched differently. So, for a layer that needs it, a forward hook on each q/k/v
+projection module (the fused one of GPT-NeoX / GPT-2, or q_proj, k_proj and v_proj of GPT-Neo, OPT and
+Llama: :meth:`analysis.adapter.ModelAdapter.qkv_projs`) REPLACES its output: the residual stream
+captured at the attention norm's input plus each (q|k|v, head)'s own delta goes through that norm
+module and that head's weight rows (+ bias) and is written back in the projection's own layout; rotary,
+local-attention windows, softmax and the output projection run in HF as usual. With grouped-query
+attention (Llama, G < H kv-heads) the k and v projections have one head per kv-head; kv-head g's input
+gets the delta of its graph destination ``a{l}.h{g*H/G}<k|v>``: (corrupted - current) of every parent
+edge into that destination that is not in the circuit. MLP and final-LayerNorm inputs are patched by pre-hooks that shift only the LayerNorm's
 input (the residual stream itself is untouched, as a TransformerLens ``hook_mlp_in`` would do).
 Layers with no missing edge keep the HF path (``force`` makes every layer take ours, for parity checks).
 
@@ -25,16 +29,19 @@ from __future__ import annotations
 import torch
 
 from analysis.adapter import Batch, ModelAdapter
-from analysis.graph import Graph, n_upstream_for_layer
+from analysis.graph import Graph, kv_representative, n_upstream_for_layer
 
 Tensor = torch.Tensor
 
 
 def absent_matrix(graph: Graph, qkv_edges, dtype=torch.float32) -> Tensor:
-    """1.0 for every real edge of ``graph`` that is not in ``qkv_edges`` (q/k/v-level names)."""
+    """1.0 for every real edge of ``graph`` that is not in ``qkv_edges`` (q/k/v-level names).
+
+    With grouped-query attention a k/v name into any query head of a group means the group's shared k/v
+    input (``u->a1.h3<k>`` -> ``u->a1.h2<k>`` for groups of 2), as a head-level circuit expands to."""
     inside = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
     if qkv_edges:
-        pos = [graph.edge_position(n) for n in qkv_edges]
+        pos = [graph.edge_position(kv_representative(graph.spec, n)) for n in qkv_edges]
         rows, cols = zip(*pos)
         inside[list(rows), list(cols)] = True
     return (graph.mask & ~inside).to(dtype)
@@ -86,13 +93,14 @@ class PatchedRunner:
         shape = diff.shape[1:]
         flat = diff.view(g.n_src, -1)
         x_attn: dict[int, Tensor] = {}
+        busy: list[bool] = []
         handles = []
 
-        def delta(n_up: int, c0: int, c1: int) -> Tensor | None:
-            w = absent[:n_up, c0:c1]
+        def delta(n_up: int, cols) -> Tensor | None:
+            w = absent[:n_up, cols]
             if not bool(w.any()):
                 return None
-            return (w.T @ flat[:n_up]).view(c1 - c0, *shape)  # (n_dst, B, P, D)
+            return (w.T @ flat[:n_up]).view(w.shape[1], *shape)  # (n_dst, B, P, D)
 
         def on_z(m, args, l):
             r = self._row0(l)
@@ -100,36 +108,37 @@ class PatchedRunner:
 
         def on_mlp(m, args, out, l):
             r = self._row0(l) + H
-            diff[r] = self.corr[r] - out.to(acc)
+            diff[r] = self.corr[r] - out.to(acc).view(shape)  # OPT's MLP output is (B*P, D)
 
         def on_attn_ln(m, args, l):
-            x_attn[l] = args[0]
+            if not busy:  # not our own per-head call of the norm below
+                x_attn[l] = args[0]
 
-        def on_qkv(m, args, out, l):
+        def on_qkv(m, args, out, l, p):
             c0 = l * (3 * H + 1)
-            d = delta(n_upstream_for_layer(g.spec, l), c0, c0 + 3 * H)
+            d = delta(n_upstream_for_layer(g.spec, l), c0 + p.cols)
             if d is None and not force:
                 return None
-            x = x_attn.pop(l)
-            xs = x.unsqueeze(0).expand(3 * H, *x.shape)
+            x = x_attn[l]
+            xs = x.unsqueeze(0).expand(p.n, *x.shape)
             if d is not None:
                 xs = xs + d.to(x.dtype)
-            ln = a.attn_ln(l)(xs)  # (3H, B, P, D): the same LayerNorm module, per (q|k|v, head) input
-            w = a.W_qkv(l).reshape(3 * H, a.d_head, D).to(ln.dtype)
-            new = torch.einsum("nbpd,nkd->bpnk", ln, w).reshape(*x.shape[:2], 3, H, a.d_head)
-            res = torch.empty_like(out)
-            view = a.split_qkv(res)  # the projection's own layout, as a view of ``res``
-            view.copy_(new)
-            if m.bias is not None:
-                view += a.split_qkv(m.bias.view(1, 1, -1))
-            return res
+            busy.append(True)
+            try:
+                ln = a.attn_ln(l)(xs)  # (n, B, P, D): the same norm module, per (q|k|v, head) input
+            finally:
+                busy.pop()
+            new = torch.einsum("nbpd,nkd->bpnk", ln, p.W.to(ln.dtype))
+            if p.b is not None:
+                new = new + p.b.to(new.dtype)
+            return a.write_heads(p, out, new.to(out.dtype))
 
         def shift(n_up: int, col: int):
             def pre(m, args):
-                d = delta(n_up, col, col + 1)
+                d = delta(n_up, slice(col, col + 1))
                 if d is None:
                     return None
-                return (args[0] + d[0].to(args[0].dtype),) + tuple(args[1:])
+                return (args[0] + d[0].to(args[0].dtype).view(args[0].shape),) + tuple(args[1:])
             return pre
 
         try:
@@ -139,10 +148,11 @@ class PatchedRunner:
                     a.o_proj(l).register_forward_pre_hook(lambda m, args, l=l: on_z(m, args, l)),
                     a.mlp(l).register_forward_hook(lambda m, args, out, l=l: on_mlp(m, args, out, l)),
                     a.attn_ln(l).register_forward_pre_hook(lambda m, args, l=l: on_attn_ln(m, args, l)),
-                    a.qkv_proj(l).register_forward_hook(lambda m, args, out, l=l: on_qkv(m, args, out, l)),
                     a.mlp_ln(l).register_forward_pre_hook(
                         shift(n_upstream_for_layer(g.spec, l, mlp=True), c0 + 3 * H)),
                 ]
+                handles += [p.module.register_forward_hook(lambda m, args, out, l=l, p=p: on_qkv(m, args, out, l, p))
+                            for p in a.qkv_projs(l)]
             handles.append(a.final_ln().register_forward_pre_hook(shift(g.n_src, g.n_dst - 1)))
             with torch.no_grad():
                 return self._logits(self.b.clean)

@@ -1,8 +1,16 @@
 """Small random-weight models for tests, demos and benchmarks, built from a config (no hub needed).
 
-``build_tiny_model(out_dir, arch=...)`` writes a GPT-NeoX (Pythia-like: parallel residual, partial
-rotary, untied embeddings) or GPT-2 model and the offline word-level tokenizer of
-:mod:`analysis.tokenizer` into ``out_dir`` with ``save_pretrained``; ``load_model(out_dir)`` loads it.
+``build_tiny_model(out_dir, arch=...)`` writes a model of one of ``TINY_ARCHS`` and the offline
+word-level tokenizer of :mod:`analysis.tokenizer` into ``out_dir`` with ``save_pretrained``;
+``load_model(out_dir)`` loads it:
+
+* ``gpt_neox``: Pythia-like (parallel residual, partial rotary, untied embeddings);
+* ``gpt2``;
+* ``gpt_neo``: layers alternate global and local attention, with a small ``window_size`` (default 8)
+  so that the local layers really differ from global ones on short prompts;
+* ``opt``: pre-LN (as OPT-125m and OPT >= 1.3b), ReLU MLP, word_embed_proj_dim = d_model;
+* ``llama``: RMSNorm, rotary, SwiGLU, grouped-query attention with ``n_kv_heads`` kv-heads (default
+  n_heads // 2 when n_heads is even, so tiny Llamas exercise GQA).
 """
 
 from __future__ import annotations
@@ -11,11 +19,11 @@ from pathlib import Path
 
 from analysis.errors import UserError
 
-TINY_ARCHS = ("gpt_neox", "gpt2")
+TINY_ARCHS = ("gpt_neox", "gpt2", "gpt_neo", "opt", "llama")
 
 
 def tiny_config(arch: str, n_layers: int, n_heads: int, d_model: int, vocab_size: int, n_ctx: int = 256,
-                d_mlp: int | None = None):
+                d_mlp: int | None = None, n_kv_heads: int | None = None, window_size: int = 8):
     """A transformers config of the given shape (random init; dropout off)."""
     if d_model % n_heads:
         raise UserError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
@@ -35,13 +43,39 @@ def tiny_config(arch: str, n_layers: int, n_heads: int, d_model: int, vocab_size
         return GPT2Config(vocab_size=vocab_size, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
                           n_inner=d_mlp, n_positions=n_ctx, resid_pdrop=0.0, embd_pdrop=0.0,
                           attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch == "gpt_neo":
+        from transformers import GPTNeoConfig
+
+        types = [[["global", "local"], n_layers // 2]] + ([[["global"], 1]] if n_layers % 2 else [])
+        return GPTNeoConfig(vocab_size=vocab_size, hidden_size=d_model, num_layers=n_layers, num_heads=n_heads,
+                            intermediate_size=d_mlp, max_position_embeddings=n_ctx, attention_types=types,
+                            window_size=window_size, resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0,
+                            bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch == "opt":
+        from transformers import OPTConfig
+
+        return OPTConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                         num_attention_heads=n_heads, ffn_dim=d_mlp, max_position_embeddings=n_ctx,
+                         word_embed_proj_dim=d_model, do_layer_norm_before=True, dropout=0.0, attention_dropout=0.0,
+                         activation_function="relu", enable_bias=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        if n_kv_heads is None:
+            n_kv_heads = n_heads // 2 if n_heads % 2 == 0 else n_heads
+        if n_kv_heads <= 0 or n_heads % n_kv_heads:
+            raise UserError(f"n_kv_heads {n_kv_heads} must divide n_heads {n_heads}")
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp,
+                           num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                           max_position_embeddings=n_ctx, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                           attention_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     raise UserError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
 
 
 def build_tiny_model(out_dir: Path | str, arch: str = "gpt_neox", n_layers: int = 2, n_heads: int = 4,
                      d_model: int = 64, seed: int = 0, tokenizer=None, max_number: int = 999,
                      d_mlp: int | None = None, n_ctx: int = 256, init_std: float | None = None,
-                     vocab_size: int | None = None) -> Path:
+                     vocab_size: int | None = None, n_kv_heads: int | None = None, window_size: int = 8) -> Path:
     """Build a random-init model + tokenizer and ``save_pretrained`` both into ``out_dir``.
 
     ``tokenizer``: an HF tokenizer to save beside the model; default: the offline word-level tokenizer
@@ -50,6 +84,7 @@ def build_tiny_model(out_dir: Path | str, arch: str = "gpt_neox", n_layers: int 
     less uniform output distributions, which makes scoring tests more discriminating.
     ``vocab_size``: embedding rows (default: the tokenizer's size; larger values give a model with a
     realistic vocabulary for benchmarks, the extra rows are never produced by the tokenizer).
+    ``n_kv_heads`` (Llama) and ``window_size`` (GPT-Neo local attention): see :func:`tiny_config`.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -63,12 +98,15 @@ def build_tiny_model(out_dir: Path | str, arch: str = "gpt_neox", n_layers: int 
     else:
         tokenizer.save_pretrained(str(out))
     vocab = max(len(tokenizer), vocab_size or 0)
-    cfg = tiny_config(arch, n_layers, n_heads, d_model, vocab, n_ctx=n_ctx, d_mlp=d_mlp)
+    cfg = tiny_config(arch, n_layers, n_heads, d_model, vocab, n_ctx=n_ctx, d_mlp=d_mlp, n_kv_heads=n_kv_heads,
+                      window_size=window_size)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     cfg.bos_token_id = cfg.eos_token_id = bos
     cfg.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
     if init_std is not None:
         cfg.initializer_range = init_std
+        if arch == "opt":
+            cfg.init_std = init_std
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(str(out))

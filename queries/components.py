@@ -7,6 +7,11 @@ An edge gets an integer key `k = (src_ci * N + dst_ci) * 4 + channel` (N compone
 
 Layers as stored on components: `input` = 0 (as the paper's critical-layer rule counts it),
 `a{l}.h{h}` and `m{l}` = l, `logits` = L.
+
+Grouped-query attention (`n_kv_heads` = G < H, r = H/G; the same scheme as `analysis.graph`): every query
+head has its `<q>` edges, but the k/v inputs exist once per kv-head, named after the first query head of
+its group: `u->a{l}.h{g*r}<k|v>`. The other heads of a group have no `<k>`/`<v>` edges. Head-level
+pairs are unchanged (every head has q edges); the q/k/v-level count uses H + 2G per layer instead of 3H.
 """
 
 from __future__ import annotations
@@ -34,6 +39,17 @@ class Architecture:
     def __post_init__(self):
         if self.n_layers < 1 or self.n_heads < 1:
             raise UserError(f"a graph needs at least one layer and one head, got {self.n_layers}x{self.n_heads}")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise UserError(f"n_kv_heads {self.n_kv_heads} must be a positive divisor of n_heads {self.n_heads}")
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // (self.n_kv_heads or self.n_heads)
+
+    def has_kv(self, head: int) -> bool:
+        """Whether edges into query head `head` carry `<k>`/`<v>` channels (first head of its kv group)."""
+        return head % self.group_size == 0
 
     @property
     def key(self) -> str:
@@ -64,7 +80,8 @@ class Architecture:
     def n_edges(self, level: str = "qkv") -> int:
         """Edge count of the full graph at q/k/v level (method.md's formula) or head level."""
         L, H = self.n_layers, self.n_heads
-        per_dst = 3 * H + 1 if level == "qkv" else H + 1
+        G = self.n_kv_heads or H
+        per_dst = H + 2 * G + 1 if level == "qkv" else H + 1
         e = per_dst * (L + (H + 1) * L * (L - 1) // 2) + 1 + L * (H + 1)
         if not self.parallel_attn_mlp:
             e += L * H
@@ -93,7 +110,7 @@ class Architecture:
                 base = f"{names[s['ci']]}->{names[d_ci]}"
                 out[base] = pair * 4
                 if d["kind"] == "attn":
-                    for ch in ("q", "k", "v"):
+                    for ch in ("q", "k", "v") if self.has_kv(d["head"]) else ("q",):
                         out[f"{base}<{ch}>"] = pair * 4 + CHANNELS[ch]
         return out
 
@@ -131,6 +148,8 @@ class Architecture:
         # Upstream rule: earlier layer; within a layer only attn -> mlp, and only when sequential.
         ok = s_layer < d_layer or (s_layer == d_layer and s_kind == 0 and d_kind == 1
                                    and not self.parallel_attn_mlp)
+        if qkv in ("k", "v") and not self.has_kv(int(m.group(7))):
+            ok = False  # grouped-query: k/v edges live on the first query head of each group
         if not ok:
             raise UserError(f"edge {name!r} does not exist in a {self.key} graph")
         s_ci, d_ci = self.ci[src], self.ci[dst]

@@ -74,9 +74,9 @@ def test_missing_model_and_unsupported_architecture(tmp_path, capsys):
     data = write_csv(tmp_path / "d.csv", GOOD)
     code, _, err = run(["score", "--model", str(tmp_path / "none"), "--data", str(data), "--out", str(tmp_path / "o.json")], capsys)
     assert code == 2 and "does not exist" in err and err.count("\n") == 1
-    from transformers import OPTConfig, OPTForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM  # OPT is supported since issue 7 part 3
 
-    OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, ffn_dim=16,
-                             word_embed_proj_dim=8)).save_pretrained(tmp_path / "opt")
-    code, _, err = run(["score", "--model", str(tmp_path / "opt"), "--data", str(data), "--out", str(tmp_path / "o.json")], capsys)
-    assert code == 2 and "unsupported architecture 'opt'; supported: gpt_neox, gpt2" in err
+    MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "mistral")
+    code, _, err = run(["score", "--model", str(tmp_path / "mistral"), "--data", str(data), "--out", str(tmp_path / "o.json")], capsys)
+    assert code == 2 and "unsupported architecture 'mistral'; supported: gpt_neox, gpt2" in err

@@ -65,10 +65,10 @@ def test_qkv_input_grads_match_autograd(adapter):
 def test_missing_path_and_unsupported_architecture(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_model(tmp_path / "nope")
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM  # Llama is supported since issue 7 part 3
 
-    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    cfg = MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=2)
+    MistralForCausalLM(cfg).save_pretrained(tmp_path / "mistral")
     with pytest.raises(UserError, match="supported: gpt_neox, gpt2"):
-        load_model(tmp_path / "llama")
+        load_model(tmp_path / "mistral")
