@@ -56,6 +56,7 @@ def start(bolt_port, http_port, timeout):
         return
     password, generated = _local_password()
     marker = server.home / "run" / "password-set"
+    assets_port = _start_browser_assets(server)
     st = server.start(timeout=timeout)
     if not marker.exists():
         set_initial_password(st.bolt_uri, password)
@@ -63,10 +64,28 @@ def start(bolt_port, http_port, timeout):
     settings = Neo4jSettings(uri=st.bolt_uri, password=password)
     ensure_schema_with(settings, ensure_schema)
     click.echo(f"Neo4j {NEO4J_VERSION} running (pid {st.pid}) at {st.bolt_uri}")
-    click.echo(f"Browser: {st.browser_url}  (user neo4j)")
+    click.echo(f"Browser: {st.browser_url}  (user neo4j; on connect it applies the circuit style sheet "
+               f"and opens the guide served at http://localhost:{assets_port}/)")
     click.echo(f"Data and logs: {server.home}")
     if generated:
         click.echo(f"Generated password (saved with mode 0600 in {password_file()}): {password}")
+
+
+def _start_browser_assets(server: LocalServer) -> int:
+    """Serve the Browser style sheet and guide on a loopback port (the last one, or a free one) and
+    make the server's Browser load both on connect (browser.post_connect_cmd)."""
+    from ingest.browser_assets import browser_settings, saved_port, start_detached
+    from queries.server.local import _port_open, free_port
+
+    (server.home / "run").mkdir(parents=True, exist_ok=True)
+    (server.home / "logs").mkdir(parents=True, exist_ok=True)
+    port = saved_port(server.home)
+    from ingest.browser_assets import running_pid
+    if port is None or (running_pid(server.home) is None and _port_open(port)):
+        port = free_port()
+    start_detached(server.home, port)
+    server.extra_conf = {**browser_settings(port), **server.extra_conf}
+    return port
 
 
 def ensure_schema_with(settings, ensure_schema):
@@ -78,7 +97,9 @@ def ensure_schema_with(settings, ensure_schema):
 @db.command()
 def stop():
     """Stop the local server."""
+    from ingest.browser_assets import stop_detached
     server = _server()
+    stop_detached(server.home)
     if server.stop():
         click.echo("Neo4j stopped")
     else:

@@ -17,6 +17,8 @@ if ! command -v java >/dev/null || ! java -version 2>&1 | grep -qE 'version "(17
   echo "Installing OpenJDK 17..."; apt_install openjdk-17-jre-headless
 fi
 if ! command -v mvn >/dev/null; then echo "Installing Maven..."; apt_install maven; fi
+# Headless Chromium (Debian's package; never a browser download) for the Neo4j Browser test.
+if ! command -v chromium >/dev/null; then echo "Installing Chromium..."; apt_install chromium fonts-liberation; fi
 
 # Python 3.11 (3.12 works too).
 PY=""
