@@ -52,6 +52,12 @@ class TrainConfig:
     max_length: int | None = field(default=None, metadata={"help": "Token length; default longest + 1."})
     checkpoints: int = field(default=10, metadata={"help": "Evenly spaced checkpoints after step 0."})
     seed: int = field(default=42, metadata={"help": "Seed of model init, data order and dropout."})
+    # CircuitLoRA (analysis/circuitlora.py): peft rank/alpha patterns and AdamW parameter groups.
+    rank_pattern: dict | None = field(default=None, metadata={"help": "peft rank_pattern (lora only)."})
+    alpha_pattern: dict | None = field(default=None, metadata={"help": "peft alpha_pattern (lora only)."})
+    lr_groups: list | None = field(default=None, metadata={
+        "help": "[{name, lr, pattern}]: trainable parameters whose name matches `pattern` (re.search) "
+                "train at `lr`; the rest at learning_rate."})
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -69,6 +75,20 @@ class TrainConfig:
             raise UserError(f"--max-steps {self.max_steps} is fewer than --checkpoints {self.checkpoints}")
         if self.epochs is not None and self.epochs <= 0:
             raise UserError(f"--epochs must be > 0, got {self.epochs}")
+        if (self.rank_pattern or self.alpha_pattern) and self.method != "lora":
+            raise UserError("rank/alpha patterns (CircuitLoRA) need --method lora")
+        for g in self.lr_groups or []:
+            if not {"name", "lr", "pattern"} <= set(g) or not (0 < float(g["lr"]) < 1):
+                raise UserError(f"bad learning-rate group {g!r}: needs name, pattern and lr in (0, 1)")
+
+    def record(self) -> dict:
+        """The config as stored with a run; the CircuitLoRA fields only when set, so configs (and config
+        hashes) of plain runs are the same as before those fields existed."""
+        d = asdict(self)
+        for key in ("rank_pattern", "alpha_pattern", "lr_groups"):
+            if d[key] is None:
+                del d[key]
+        return d
 
     def resolved(self, task: str | None) -> "TrainConfig":
         """Fill learning rate and epochs from the paper's per-task table."""
@@ -153,8 +173,20 @@ def wrap_for_training(model, cfg: TrainConfig, total: int):
     targets = target_modules(model_type)
     fan_in_fan_out = model_type == "gpt2"  # GPT-2's Conv1D stores weights transposed
     if cfg.method == "lora":
+        rank_pattern, alpha_pattern = dict(cfg.rank_pattern or {}), dict(cfg.alpha_pattern or {})
+        if rank_pattern or alpha_pattern:  # CircuitLoRA: an unmatched key is an error, not ignored
+            from analysis.circuitlora import ModelShape, check_pattern_keys
+            names = [m.name for m in ModelShape.from_model(model).modules]
+            check_pattern_keys(rank_pattern, names, "rank_pattern")
+            check_pattern_keys(alpha_pattern, names, "alpha_pattern")
         pc = LoraConfig(r=cfg.rank, lora_alpha=2 * cfg.rank, lora_dropout=0.0, bias="none",
-                        target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+                        target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM",
+                        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+        if rank_pattern or alpha_pattern:
+            from analysis.circuitlora import check_wrapped
+            wrapped = get_peft_model(model, pc)
+            check_wrapped(wrapped, rank_pattern, alpha_pattern, cfg.rank, 2 * cfg.rank)
+            return wrapped
     elif cfg.method == "adalora":
         # method.md 3.4: init_r 32 -> target_r 16 over the run's own schedule
         tinit, tfinal = max(1, total // 40), max(2, total // 4)
@@ -166,6 +198,31 @@ def wrap_for_training(model, cfg: TrainConfig, total: int):
         pc = IA3Config(target_modules=targets, feedforward_modules=FEEDFORWARD_MODULES[model_type],
                        fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
     return get_peft_model(model, pc)
+
+
+def build_optimizer(model, cfg: TrainConfig):
+    """AdamW with per-group learning rates (method.md 3.3: CircuitLoRA's critical modules); None when
+    the config has no groups (the Trainer then builds its default optimizer)."""
+    if not cfg.lr_groups:
+        return None
+    import re
+
+    import torch
+
+    groups = [{"name": g["name"], "lr": float(g["lr"]), "re": re.compile(g["pattern"]), "params": []}
+              for g in cfg.lr_groups]
+    rest = {"name": "default", "lr": float(cfg.learning_rate), "params": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        group = next((g for g in groups if g["re"].search(name)), rest)
+        group["params"].append(p)
+    empty = [g["name"] for g in groups if not g["params"]]
+    if empty:
+        raise UserError(f"learning-rate group {empty[0]!r} matches no trainable parameter")
+    param_groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": cfg.weight_decay, "name": g["name"]}
+                    for g in [*groups, rest] if g["params"]]
+    return torch.optim.AdamW(param_groups, lr=float(cfg.learning_rate), weight_decay=cfg.weight_decay)
 
 
 def trainable_parameters(model) -> tuple[int, int]:

@@ -158,8 +158,8 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
 
     from analysis.datasets import dataset_provenance, load_split
     from analysis.provenance import code_version, content_hash, package_versions
-    from analysis.training import (CausalLMExamples, checkpoint_steps, total_steps, trainable_parameters,
-                                   wrap_for_training)
+    from analysis.training import (CausalLMExamples, build_optimizer, checkpoint_steps, total_steps,
+                                   trainable_parameters, wrap_for_training)
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = Path(cfg.data)
@@ -177,13 +177,13 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
     examples = CausalLMExamples(train_pairs, tokenizer, train_cfg.max_length)
     model = wrap_for_training(model, train_cfg, total)
     trainable, n_params = trainable_parameters(model)
-    resolved = {**cfg.resolved_dict(), "train": asdict(train_cfg), "total_steps": total,
+    resolved = {**cfg.resolved_dict(), "train": train_cfg.record(), "total_steps": total,
                 "checkpoint_steps": steps, "dataset_hash": manifest.get("content_hash")}
     run = RunRecord(
         id=cfg.run_id, model=cfg.model, revision=_model_revision(cfg.model, config), task=task or "",
         dataset_hash=manifest.get("content_hash_now") or manifest.get("content_hash", ""),
         data_split="finetune -> training; circuit -> scoring and accuracy", method=train_cfg.method,
-        hparams={**asdict(train_cfg), "total_steps": total, "max_length": examples.max_length,
+        hparams={**train_cfg.record(), "total_steps": total, "max_length": examples.max_length,
                  "trainable_parameters": trainable, "total_parameters": n_params,
                  "parameter_ratio": trainable / n_params},  # trainable / (base + trainable), method.md 3.2
         seed=train_cfg.seed, code_version=code_version(),
@@ -210,7 +210,10 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
         save_strategy="no", save_total_limit=2, seed=train_cfg.seed, data_seed=train_cfg.seed,
         report_to=[], use_cpu=(device == "cpu"), disable_tqdm=not progress, dataloader_num_workers=0,
         remove_unused_columns=False, fp16=False, bf16=False)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, callbacks=[callback])
+    callbacks = [callback] + ([AdaLoraAllocator()] if train_cfg.method == "adalora" else [])
+    # CircuitLoRA: AdamW parameter groups with per-group learning rates (method.md 3.3); else the default
+    trainer = Trainer(model=model, args=args, train_dataset=examples, callbacks=callbacks,
+                      optimizers=(build_optimizer(model, train_cfg), None))
     _quiet_logs(trainer, progress)
     _save_config_with_checkpoints(trainer, resolved)
     last = last_complete_checkpoint(out_dir)
@@ -225,7 +228,18 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
             echo(f"resuming run {cfg.run_id} from {Path(last).name}")
         trainer.train(resume_from_checkpoint=last)
     return {"run": cfg.run_id, "steps": steps, "written": callback.written, "total_steps": total,
-            "trainable_parameters": trainable, "device": device}
+            "trainable_parameters": trainable, "total_parameters": n_params,
+            "parameter_ratio": trainable / n_params, "device": device}
+
+
+class AdaLoraAllocator(TrainerCallback):
+    """AdaLoRA's rank allocation: `update_and_allocate(global_step)` after every optimizer step, before
+    the gradients are zeroed (method.md 3.4; peft's documented training loop)."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        target = model.base_model if hasattr(model, "base_model") else model
+        if hasattr(target, "update_and_allocate"):
+            target.update_and_allocate(state.global_step)
 
 
 def last_complete_checkpoint(out_dir: Path) -> str | None:

@@ -139,9 +139,12 @@ def test_killed_run_resumes_to_the_uninterrupted_checkpoints(db, tiny_setup, cli
     assert all(r["complete"] for r in killed)
     for a, b in zip(whole, killed):
         assert a["acc"] == b["acc"]
-        # same edges, same scores: compare by edge key (rank order could only differ on exact ties)
+        # Resuming from the Trainer's saved state is not bit-identical in floating point (observed:
+        # differences of ~1e-7 of the checkpoint's largest |score|), so scores are compared on the
+        # checkpoint's own scale, edge by edge.
         sa, sb = dict(zip(a["top"], a["s"])), dict(zip(b["top"], b["s"]))
         common = set(sa) & set(sb)
         assert len(common) >= 38, (a["step"], sorted(set(sa) ^ set(sb)))
+        scale = max(abs(x) for x in a["s"])
         for k in common:
-            assert sa[k] == pytest.approx(sb[k], rel=1e-5, abs=1e-12), (a["step"], k)
+            assert abs(sa[k] - sb[k]) <= 1e-5 * scale, (a["step"], k, sa[k], sb[k])
