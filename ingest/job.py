@@ -226,6 +226,8 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
     else:
         if last:
             echo(f"resuming run {cfg.run_id} from {Path(last).name}")
+            if train_cfg.method == "full":
+                _load_full_weights(model, last)
         trainer.train(resume_from_checkpoint=last)
     return {"run": cfg.run_id, "steps": steps, "written": callback.written, "total_steps": total,
             "trainable_parameters": trainable, "total_parameters": n_params,
@@ -240,6 +242,22 @@ class AdaLoraAllocator(TrainerCallback):
         target = model.base_model if hasattr(model, "base_model") else model
         if hasattr(target, "update_and_allocate"):
             target.update_and_allocate(state.global_step)
+
+
+def _load_full_weights(model, checkpoint: str) -> None:
+    """Load a fully fine-tuned checkpoint's weights through `from_pretrained`.
+
+    transformers 5.23 saves GPT-NeoX's `lm_head` as `embed_out.weight` (its legacy name) but the
+    Trainer's resume loads the file without that renaming, reports the key as unexpected and leaves
+    `lm_head` at its initial weights: the resumed run silently diverges (measured: 2.6e-3 max weight
+    difference after 4 steps). `from_pretrained` applies the renaming, so we load through it; the
+    Trainer's own load then rewrites every other weight with the same values.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+    restored = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    model.load_state_dict(restored.state_dict())
+    del restored
 
 
 def last_complete_checkpoint(out_dir: Path) -> str | None:
