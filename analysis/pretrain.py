@@ -29,20 +29,21 @@ class PretrainConfig:
 
 
 def corpus_line(rng: random.Random, max_operand: int) -> tuple[str, str]:
-    """(prompt, answer) of one random line of the mix."""
+    """(prompt, answer) of one random line of the mix. The answer follows the prompt directly (no
+    newline): circuits and accuracy read the next token after the prompt's last token."""
     kind = rng.random()
     if kind < 0.5:
         a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
         if rng.random() < 0.5:
-            return f"{PREFIX}{a} + {b} =\n", str(a + b)
+            return f"{PREFIX}{a} + {b} = ", str(a + b)
         a, b = max(a, b), min(a, b)
-        return f"{PREFIX}{a} - {b} =\n", str(a - b)
+        return f"{PREFIX}{a} - {b} = ", str(a - b)
     if kind < 0.8:
         start, step = rng.randint(0, 150), rng.randint(1, 5)
         terms = [start + i * step for i in range(4)]
-        return "Derive the following sequence: " + ", ".join(map(str, terms)) + ",\n", str(start + 4 * step)
+        return "Derive the following sequence: " + ", ".join(map(str, terms)) + ", ", str(start + 4 * step)
     x = rng.randint(0, 199)
-    return f"Repeat the number: {x} =\n", str(x)
+    return f"Repeat the number: {x} = ", str(x)
 
 
 def pretrain(model_dir: Path | str, out_dir: Path | str, cfg: PretrainConfig | None = None,

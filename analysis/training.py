@@ -52,6 +52,10 @@ class TrainConfig:
     max_length: int | None = field(default=None, metadata={"help": "Token length; default longest + 1."})
     checkpoints: int = field(default=10, metadata={"help": "Evenly spaced checkpoints after step 0."})
     seed: int = field(default=42, metadata={"help": "Seed of model init, data order and dropout."})
+    separator: str = field(default="\n", metadata={"help": (
+        "Between prompt and answer in the fine-tuning text: the paper's '\\n' (method.md 1.9). Circuits "
+        "and accuracy read the prompt without it, so with a tokenizer where '\\n' is a token of its own "
+        "the model learns to answer '\\n' after '='; ' ' keeps training and measurement consistent.")})
     # CircuitLoRA (analysis/circuitlora.py): peft rank/alpha patterns and AdamW parameter groups.
     rank_pattern: dict | None = field(default=None, metadata={"help": "peft rank_pattern (lora only)."})
     alpha_pattern: dict | None = field(default=None, metadata={"help": "peft alpha_pattern (lora only)."})
@@ -114,23 +118,23 @@ def checkpoint_steps(total: int, n: int) -> list[int]:
     return [0] + [round(total * i / n) for i in range(1, n + 1)]
 
 
-def training_texts(pairs: Sequence) -> list[tuple[str, str]]:
-    """(prompt, answer) with the fine-tuning format `prompt\\nanswer` (method.md 1.9)."""
-    return [(p.clean + "\n", str(p.label)) for p in pairs]
+def training_texts(pairs: Sequence, separator: str = "\n") -> list[tuple[str, str]]:
+    """(prompt, answer) with the fine-tuning format `prompt\\nanswer` (method.md 1.9) by default."""
+    return [(p.clean + separator, str(p.label)) for p in pairs]
 
 
 class CausalLMExamples:
     """Tokenized fine-tuning examples: loss on the answer and the trailing EOS padding (method.md 1.9:
     pad = eos and padded positions are not masked, so the model learns to stop)."""
 
-    def __init__(self, pairs: Sequence, tokenizer, max_length: int | None = None):
+    def __init__(self, pairs: Sequence, tokenizer, max_length: int | None = None, separator: str = "\n"):
         import torch
 
         eos = tokenizer.eos_token_id
         if eos is None:
             raise UserError("the tokenizer has no EOS token; fine-tuning needs one for padding")
         rows = []
-        for prompt, answer in training_texts(pairs):
+        for prompt, answer in training_texts(pairs, separator):
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             a = tokenizer(answer, add_special_tokens=False)["input_ids"]
             rows.append((p, a))

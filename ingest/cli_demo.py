@@ -22,7 +22,7 @@ MATCH (a:Component)-[e:CIRCUIT_EDGE {ck: c.uid}]->(b:Component) RETURN a, e, b""
 @click.option("--run-id", default="demo", show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--pretrain-steps", type=int, default=2000, show_default=True)
-@click.option("--finetune-steps", type=int, default=300, show_default=True,
+@click.option("--finetune-steps", type=int, default=1500, show_default=True,
               help="Optimizer steps of fine-tuning (effective batch 32).")
 @click.option("--checkpoints", type=int, default=10, show_default=True)
 @click.option("--examples", type=int, default=200, show_default=True,
@@ -44,15 +44,17 @@ def demo(run_id, seed, pretrain_steps, finetune_steps, checkpoints, examples, de
         ctx = click.get_current_context()
         ctx.invoke(start, bolt_port=None, http_port=None, timeout=180.0)
     base = state / "demo" / "base"
-    pretrained = state / "demo" / f"pretrained-{pretrain_steps}-s{seed}"
+    pretrained = state / "demo" / f"pretrained-v2-{pretrain_steps}-s{seed}"
     if not (pretrained / "config.json").exists():
         click.echo("Building a 4-layer GPT-NeoX (4 heads, d_model 128) with a word-level tokenizer...")
         tok = build_word_tokenizer(base, max_number=999, extra_words=("Repeat", "number"))
         build_tiny_model(base, arch="gpt_neox", n_layers=4, n_heads=4, d_model=128, seed=seed, tokenizer=tok)
         click.echo(f"Pre-training {pretrain_steps} steps on small-number arithmetic, counting and copying...")
         pretrain(base, pretrained, PretrainConfig(steps=pretrain_steps, seed=seed), device=device or "cpu")
+    # separator " ": the word tokenizer makes "\n" a token of its own, so the paper's "prompt\nanswer"
+    # would teach the model to answer "\n" after "=", which circuits and accuracy never see
     train = TrainConfig(method="full", learning_rate=1e-3, max_steps=finetune_steps, checkpoints=checkpoints,
-                        seed=seed, warmup_steps=30)
+                        seed=seed, warmup_steps=30, separator=" ")
     scoring = ScoringConfig(steps=5, batch_size=50, top_frac=0.05, max_examples=examples)
     click.echo(f"Fine-tuning on Add/Sub(100), scoring the circuit at {checkpoints + 1} checkpoints...")
     run_ingest_cli(str(pretrained), "add_sub", None, 100, None, train, scoring, run_id, device, False,

@@ -30,6 +30,8 @@ def ingest():
 @click.option("--grad-accum", type=int, default=4, show_default=True)
 @click.option("--checkpoints", type=int, default=10, show_default=True, help="Checkpoints after step 0.")
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--separator", default="\n", show_default="newline",
+              help="Between prompt and answer in the fine-tuning text (the paper: a newline).")
 @click.option("--run-id", default=None, help="Run name in the store (default: derived from the options).")
 @click.option("--ig-steps", type=int, default=5, show_default=True, help="EAP-IG steps m.")
 @click.option("--score-batch-size", type=int, default=32, show_default=True)
@@ -38,7 +40,7 @@ def ingest():
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(model, task, data_dir, n, count, method, rank, lr, epochs, max_steps, batch_size, grad_accum,
-        checkpoints, seed, run_id, ig_steps, score_batch_size, top_frac, max_examples, device, quiet):
+        checkpoints, seed, separator, run_id, ig_steps, score_batch_size, top_frac, max_examples, device, quiet):
     """Fine-tune MODEL on a task; at step 0 and every checkpoint, score, evaluate and store its circuit."""
     from analysis.checkpoint import ScoringConfig
     from analysis.training import TrainConfig
@@ -46,7 +48,8 @@ def run(model, task, data_dir, n, count, method, rank, lr, epochs, max_steps, ba
     if (task is None) == (data_dir is None):
         raise UserError("give exactly one of --task or --data")
     train = TrainConfig(method=method, rank=rank, learning_rate=lr, epochs=epochs, max_steps=max_steps,
-                        batch_size=batch_size, grad_accum=grad_accum, checkpoints=checkpoints, seed=seed)
+                        batch_size=batch_size, grad_accum=grad_accum, checkpoints=checkpoints, seed=seed,
+                        separator=separator)
     scoring = ScoringConfig(steps=ig_steps, batch_size=score_batch_size, top_frac=top_frac,
                             max_examples=max_examples)
     run_ingest_cli(model, task, data_dir, n, count, train, scoring, run_id, device, quiet)

@@ -174,7 +174,7 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
 
     torch.manual_seed(train_cfg.seed)
     model, tokenizer, config = load_for_training(cfg.model, device)
-    examples = CausalLMExamples(train_pairs, tokenizer, train_cfg.max_length)
+    examples = CausalLMExamples(train_pairs, tokenizer, train_cfg.max_length, train_cfg.separator)
     model = wrap_for_training(model, train_cfg, total)
     trainable, n_params = trainable_parameters(model)
     resolved = {**cfg.resolved_dict(), "train": train_cfg.record(), "total_steps": total,
@@ -216,6 +216,8 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
                       optimizers=(build_optimizer(model, train_cfg), None))
     _quiet_logs(trainer, progress)
     _save_config_with_checkpoints(trainer, resolved)
+    # a rerun of this run id with other settings is refused now, before any training or resuming
+    CircuitWriter(driver, database).ensure_run(run, architecture_of(model))
     last = last_complete_checkpoint(out_dir)
     done = set(CircuitWriter(driver, database).complete_steps(cfg.run_id))
     if last is None and done and done != {0}:
