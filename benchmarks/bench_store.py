@@ -86,7 +86,8 @@ def bench_ingest(driver, db, arch, names, cps):
     # plain design
     for s in PLAIN_SCHEMA:
         driver.execute_query(s, database_=db)
-    driver.execute_query(PLAIN_EDGES, names=names, database_=db)
+    for i in range(0, len(names), 50_000):
+        driver.execute_query(PLAIN_EDGES, names=names[i:i + 50_000], database_=db)
     plain = []
     for cp in cps[:2]:
         uid = secrets.randbits(60)
