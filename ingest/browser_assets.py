@@ -122,19 +122,8 @@ def saved_port(home: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        try:
-            return stat.read_text().split(") ", 1)[1][0] != "Z"
-        except (OSError, IndexError):
-            return True
-    return True
+    from queries.server.local import _pid_alive  # one definition of "is this process alive"
+    return _pid_alive(pid)
 
 
 def running_pid(home: Path) -> int | None:

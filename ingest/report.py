@@ -159,8 +159,8 @@ def _html(data: dict, drawn: dict) -> str:
     parts.append("<h2>Circuit difference (Fig. 3)</h2><img src='circuit_diff.png'>"
                  f"<p>{d['edges_added']} edges added, {d['edges_removed']} removed; "
                  f"{d['nodes_added']} nodes added, {d['nodes_removed']} removed. In Neo4j Browser: "
-                 f"<code>MATCH p = (:ViewNode {{view: '{html.escape(X.view_id(data['first'], data['last']))}'}})"
-                 "-[]-&gt;() RETURN p</code></p>")
+                 f"<code>:param view =&gt; {html.escape(json.dumps(X.view_id(data['first'], data['last'])))}</code> "
+                 "then <code>MATCH p = (:ViewNode {view: $view})-[]-&gt;() RETURN p</code></p>")
     if "robustness" in drawn:
         parts.append("<h2>Robustness</h2><img src='robustness.png'>")
     parts.append("</body></html>")
