@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Literal, Mapping
 
-from analysis.errors import UserError
+from analysis.errors import UserError, read_json_file
 from analysis.graph import GraphSpec, Node, build_graph, parse_edge_name
 
 Level = Literal["qkv", "head"]
@@ -408,12 +408,7 @@ def from_eap_json(path: Path | str, spec: GraphSpec | None = None) -> Circuit:
 
     With ``spec`` (e.g. the model's), a file of another shape is refused with one line."""
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{p}: no such circuit file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{p}: not a readable JSON circuit file ({' '.join(str(exc).split())[:120]})") from None
+    doc = read_json_file(p, "circuit file")
     if not isinstance(doc, dict) or not isinstance(doc.get("cfg"), dict) or not isinstance(doc.get("edges"), dict):
         raise UserError(f"{p}: expected an EAP-IG graph JSON object with 'cfg', 'nodes' and 'edges'")
     cfg = doc["cfg"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from analysis.errors import UserError
+from analysis.errors import UserError, read_json_file
 
 _METHOD_OPTIONS = {"top_frac": "--top-frac", "top_n": "--top-n", "threshold": "--threshold",
                    "percentile": "--percentile", "greedy": "--greedy"}
@@ -31,12 +31,7 @@ def _read_scores(path: Path):
     (its scores; re-thresholding a full hannamw file or a union circuit)."""
     from analysis.graph import GraphSpec
 
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such scores file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable JSON scores file ({' '.join(str(exc).split())[:120]})") from None
+    doc = read_json_file(path, "scores file")
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a JSON object")
     if isinstance(doc.get("cfg"), dict) and isinstance(doc.get("edges"), dict):

@@ -7,12 +7,11 @@ the problem.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.errors import UserError
+from analysis.errors import UserError, read_json_file
 from queries.components import Architecture
 from queries.writer import CheckpointData
 
@@ -43,14 +42,7 @@ def read_eap_json(path: Path | str, model_config: dict | None = None) -> EapGrap
     def fail(problem: str):
         raise UserError(f"{path}: {problem}")
 
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        fail("no such file")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read: {exc}")
-    except json.JSONDecodeError as exc:
-        fail(f"not valid JSON ({exc.msg} at line {exc.lineno})")
+    doc = read_json_file(path, "file")
     if not isinstance(doc, dict):
         fail("expected a JSON object with 'cfg', 'nodes' and 'edges'")
     cfg = dict(doc.get("cfg") or {})
