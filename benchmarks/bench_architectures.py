@@ -28,19 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PFX = "Calculate the result of the following arithmetic expression and provide only the final answer:"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def pairs(n: int):
-    from analysis.datasets import PromptPair
-
-    rng = random.Random(0)
-    out = []
-    while len(out) < n:
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        if a - b >= 0:
-            out.append(PromptPair(f"{PFX} {a} + {b} =", f"{PFX} {a} - {b} =", str(a + b), str(a - b)))
-    return out
+from bench_evaluate import pairs  # noqa: E402  (the same 64 add/sub pairs as the evaluation benchmark)
 
 
 def bench(arch: str, args) -> dict:
