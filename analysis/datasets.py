@@ -8,8 +8,11 @@ folder as extra split files, listed in the manifest's `files`:
     (method.md 7), row i perturbed or equal to row i of `circuit.csv`.
 `load_split(folder, "perturb_30")` reads any of them. A single CSV with columns `clean,corrupted,label`
 and an optional `corrupted_label` is also accepted everywhere. Prompts carry no trailing space or
-newline (method.md section 1). `corrupted_label` is filled in wherever the corrupted prompt has a
-well-defined answer that is a single token of the dataset's tokenizer, and left empty otherwise.
+newline (method.md section 1). A label is the exact text that follows the prompt: a leading space is
+part of it (word answers such as " Paris"; the paper's numbers have none), and nothing strips it.
+An answer may be several tokens (scoring is then teacher-forced over the answer positions).
+`corrupted_label` is filled in wherever the corrupted prompt has a well-defined answer that passes the
+dataset's answer rule (single token, or the clean answer's token length), and left empty otherwise.
 
 The manifest (task, parameters, tokenizer, seed, split, counts, files, content hash) is the provenance
 that runs record: call `dataset_provenance(path)`.
@@ -53,9 +56,10 @@ def read_pairs_csv(path: Path) -> list[PromptPair]:
                             "expected clean,corrupted,label[,corrupted_label]")
         pairs = []
         for i, row in enumerate(reader, start=2):
-            if not row["clean"] or not row["corrupted"] or row["label"] in (None, ""):
+            if not row["clean"] or not row["corrupted"] or not str(row["label"] or "").strip():
                 raise UserError(f"{path}: line {i} has an empty clean, corrupted or label field")
-            pairs.append(PromptPair(row["clean"], row["corrupted"], str(row["label"]).strip(),
+            # labels are kept exactly as written: a leading space is part of the answer
+            pairs.append(PromptPair(row["clean"], row["corrupted"], str(row["label"]),
                                     (row.get("corrupted_label") or None)))
     if not pairs:
         raise UserError(f"{path}: no rows")

@@ -49,7 +49,7 @@ import torch
 from analysis.adapter import Batch, ModelAdapter
 from analysis.errors import UserError
 from analysis.graph import Graph, n_upstream_for_layer
-from analysis.metrics import NEEDS_CORRUPTED_LABEL, get_metric
+from analysis.metrics import NEEDS_CORRUPTED_LABEL, get_metric, per_example
 
 Tensor = torch.Tensor
 
@@ -135,10 +135,9 @@ class _BatchScorer:
         self.e_clean = adapter.embed(batch.clean)
         self.e_corr = adapter.embed(batch.corrupted)
         self.diff[0] = (self.e_corr.to(acc_dtype) - self.e_clean.to(acc_dtype))
-        self.target: Tensor | None = None  # clean last-position logits
+        self.target: Tensor | None = None  # clean answer-position logits (B, A, V)
         self.ones = torch.ones_like(batch.clean)  # right padding + causal attention: no mask needed
-        self.keep = torch.unique(batch.last)
-        self.pos_in_keep = torch.searchsorted(self.keep, batch.last)
+        self.keep = batch.keep  # logits only at the answer positions
         self.outs = {}  # (which, kind, layer) -> full attention / MLP outputs (activations IG)
 
     # -------------------------------------------------------------- pieces
@@ -205,12 +204,11 @@ class _BatchScorer:
         with torch.set_grad_enabled(grad), a.hooks(**kw):
             logits = a.model(input_ids=self.b.clean, attention_mask=self.ones, use_cache=False,
                              logits_to_keep=self.keep).logits
-        last = logits[torch.arange(self.B, device=logits.device), self.pos_in_keep]
+        answer = self.b.answer_logits(logits, self.keep)
         if set_target:
-            self.target = last.detach()
+            self.target = answer.detach()
         if grad:
-            m = self.metric(last, self.target, self.b.label, self.b.corrupted_label).sum()
-            m.backward()
+            per_example(self.metric, answer, self.target, self.b).sum().backward()
         return grads
 
     def contract(self, gr: _Grads, rows: tuple[int, int] | None = None) -> None:
@@ -276,11 +274,11 @@ def _score_batch(s: _BatchScorer, method: str, steps: int, ig_rule: str) -> int:
     raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _parity(adapter: ModelAdapter, batch: Batch, hooked_last: Tensor) -> float:
+def _parity(adapter: ModelAdapter, batch: Batch, hooked: Tensor) -> float:
+    """max |HF logits - hooked-run logits| at the answer positions."""
     with torch.no_grad():
-        logits = adapter.forward_logits(batch.clean)
-        ref = logits[torch.arange(len(batch.last), device=logits.device), batch.last]
-    return float((ref.to(torch.float64) - hooked_last.to(torch.float64)).abs().max())
+        ref = batch.answer_logits(adapter.forward_logits(batch.clean), torch.arange(batch.clean.shape[1], device=batch.pos.device))
+    return float((ref.to(torch.float64) - hooked.to(torch.float64)).abs().max())
 
 
 def score(adapter: ModelAdapter, graph: Graph, pairs: Sequence, method: str = "eap-ig-inputs",

@@ -9,15 +9,19 @@ Faithfulness (method.md 2.5), from dataset means (not per-example ratios)::
     faithfulness % = (1 - |F(M) - F(C)| / |F(M)|) * 100
 
 * ``kl``: F(X) = mean_examples KL(P_corr,full || P_X), the corrupted run as the reference, vocab-mean
-  (``F.kl_div(...).mean(-1)``), last prompt position. F(M) uses the clean full model, F(C) the circuit run
+  (``F.kl_div(...).mean(-1)``), last prompt position (summed over the answer positions of a
+  teacher-forced run when an answer has several tokens, as scoring does). F(M) uses the clean full model, F(C) the circuit run
   (:mod:`analysis.patching`). The full graph gives F(C) = F(M) (100%); the empty graph patches every
   edge, so the circuit run IS the corrupted run, F(C) = 0 (0%).
 * ``logit-diff``: F(X) = mean LD(X) - mean LD(corrupted), LD = logit[label] - logit[corrupted_label]:
   the same two anchors (empty -> 0%, full -> 100%); between them it equals Hanna et al.'s normalised
   (m(C) - m(empty)) / (m(M) - m(empty)).
 
-Accuracy (method.md 1.9): argmax next token at the last prompt position, decoded, stripped, compared
-with ``str(label)``; model accuracy on the clean full run, circuit accuracy on the circuit run.
+Accuracy, in percent (method.md 1.9): for a single-token answer, the argmax next token at the last
+prompt position, decoded and stripped, equals the stripped label (the paper's rule: `` 70`` counts as
+``70``); for an answer of several tokens, every answer token is the argmax at its teacher-forced
+position. Model accuracy on the clean full run, circuit accuracy on the circuit run. Every quantity
+here is a percent (0..100): faithfulness, circuit accuracy, model accuracy.
 
 Circuits are pruned before evaluation as hannamw ``evaluate_graph`` does; under patching this does not
 change the result (a pruned node's output reaches nothing, or equals its corrupted output), which the
@@ -38,7 +42,7 @@ from analysis.adapter import ModelAdapter
 from analysis.circuit import Circuit, prune_circuit, select_circuit
 from analysis.errors import UserError
 from analysis.graph import GraphSpec, build_graph
-from analysis.metrics import kl_vocab_mean, logit_diff
+from analysis.metrics import kl_vocab_mean, logit_diff, per_example
 from analysis.patching import PatchedRunner, absent_matrix
 
 EVAL_METRICS = ("kl", "logit-diff")
@@ -59,8 +63,8 @@ class EvalResult:
     faithfulness: float  # percent, first metric
     f_model: float
     f_circuit: float
-    circuit_accuracy: float  # 0..1
-    model_accuracy: float  # 0..1
+    circuit_accuracy: float  # percent
+    model_accuracy: float  # percent
     n_examples: int
     n_edges: int  # q/k/v-level edges in the evaluated (pruned) circuit
     metric: str
@@ -78,8 +82,8 @@ class EvalResult:
 class CurvePoint:
     frac: float
     n_edges: int  # after pruning, q/k/v level
-    faithfulness: float
-    circuit_accuracy: float
+    faithfulness: float  # percent
+    circuit_accuracy: float  # percent
 
 
 def percent(f_model: float, f_circuit: float) -> float:
@@ -118,16 +122,7 @@ def evaluate_many(adapter: ModelAdapter, circuits: Sequence[Circuit], pairs: Seq
     circuits = [prune_circuit(c) if prune else c for c in circuits]
     absents = [absent_matrix(graph, c.qkv_edge_names()) for c in circuits]
     enc = adapter.encode_pairs(pairs, need_corrupted_label="logit-diff" in metrics)
-    labels = [str(p.label).strip() for p in pairs]
-    decoded: dict[int, str] = {}
-
-    def correct(last: torch.Tensor, idx) -> int:
-        ids = last.argmax(-1).tolist()
-        for t in ids:
-            if t not in decoded:
-                decoded[t] = adapter.tokenizer.decode([t]).strip()
-        return sum(decoded[t] == labels[i] for t, i in zip(ids, idx))
-
+    correct = _Correct(adapter, pairs, enc)
     n = len(pairs)
     sums = {"model_correct": 0, "kl_model": 0.0, "ld_model": 0.0, "ld_corr": 0.0}
     per = [{"correct": 0, "kl": 0.0, "ld": 0.0} for _ in circuits]
@@ -138,23 +133,27 @@ def evaluate_many(adapter: ModelAdapter, circuits: Sequence[Circuit], pairs: Seq
 
         it = tqdm(starts, total=math.ceil(n / batch_size), unit="batch",
                   desc=f"evaluating {len(circuits)} circuit{'s' if len(circuits) != 1 else ''}")
+
+    def total(metric, logits, reference, batch) -> float:
+        return float(per_example(metric, logits, reference, batch).double().sum())
+
     for st in it:
         idx = list(range(st, min(n, st + batch_size)))
         batch = adapter.make_batch(enc, idx)
         r = PatchedRunner(adapter, graph, batch)
-        sums["model_correct"] += correct(r.clean_logits, idx)
+        sums["model_correct"] += correct(r.clean_logits, batch, idx)
         if "kl" in metrics:
-            sums["kl_model"] += float(kl_vocab_mean(r.clean_logits, r.corrupted_logits).double().sum())
+            sums["kl_model"] += total(kl_vocab_mean, r.clean_logits, r.corrupted_logits, batch)
         if "logit-diff" in metrics:
-            sums["ld_model"] += float(logit_diff(r.clean_logits, None, batch.label, batch.corrupted_label).double().sum())
-            sums["ld_corr"] += float(logit_diff(r.corrupted_logits, None, batch.label, batch.corrupted_label).double().sum())
+            sums["ld_model"] += total(logit_diff, r.clean_logits, None, batch)
+            sums["ld_corr"] += total(logit_diff, r.corrupted_logits, None, batch)
         for acc, absent in zip(per, absents):
-            last = r.run(absent)
-            acc["correct"] += correct(last, idx)
+            logits = r.run(absent)
+            acc["correct"] += correct(logits, batch, idx)
             if "kl" in metrics:
-                acc["kl"] += float(kl_vocab_mean(last, r.corrupted_logits).double().sum())
+                acc["kl"] += total(kl_vocab_mean, logits, r.corrupted_logits, batch)
             if "logit-diff" in metrics:
-                acc["ld"] += float(logit_diff(last, None, batch.label, batch.corrupted_label).double().sum())
+                acc["ld"] += total(logit_diff, logits, None, batch)
         del r
     seconds = time.perf_counter() - t0
     out = []
@@ -168,10 +167,32 @@ def evaluate_many(adapter: ModelAdapter, circuits: Sequence[Circuit], pairs: Seq
             fm, fc = sums["ld_model"] / n - base, acc["ld"] / n - base
             by["logit-diff"] = Faithfulness("logit-diff", fm, fc, percent(fm, fc))
         first = by[metrics[0]]
-        out.append(EvalResult(first.percent, first.f_model, first.f_circuit, acc["correct"] / n,
-                              sums["model_correct"] / n, n, len(c.qkv_edge_names()), metrics[0], by,
+        out.append(EvalResult(first.percent, first.f_model, first.f_circuit, 100.0 * acc["correct"] / n,
+                              100.0 * sums["model_correct"] / n, n, len(c.qkv_edge_names()), metrics[0], by,
                               seconds / max(1, len(circuits))))
     return out
+
+
+class _Correct:
+    """Counts right answers in a batch (the accuracy rule of the module docstring)."""
+
+    def __init__(self, adapter: ModelAdapter, pairs: Sequence, enc):
+        self.tokenizer = adapter.tokenizer
+        self.labels = [str(p.label).strip() for p in pairs]
+        self.n_tokens = [len(t) for t in enc.label]
+        self.decoded: dict[int, str] = {}
+
+    def _decode(self, t: int) -> str:
+        if t not in self.decoded:
+            self.decoded[t] = self.tokenizer.decode([t]).strip()
+        return self.decoded[t]
+
+    def __call__(self, logits: torch.Tensor, batch, idx) -> int:
+        ids = logits.argmax(-1)  # (B, A)
+        whole = ((ids == batch.label) | ~batch.amask).all(-1).tolist()
+        first = ids[:, 0].tolist()
+        return sum(self._decode(t) == self.labels[i] if self.n_tokens[i] == 1 else ok
+                   for t, ok, i in zip(first, whole, idx))
 
 
 def evaluate(adapter: ModelAdapter, circuit: Circuit, pairs: Sequence, metric: str | Sequence[str] = "kl",
@@ -200,6 +221,6 @@ def hooked_parity(adapter: ModelAdapter, pairs: Sequence, batch_size: int = 16) 
     worst = 0.0
     for st in range(0, len(pairs), batch_size):
         r = PatchedRunner(adapter, graph, adapter.make_batch(enc, range(st, min(len(pairs), st + batch_size))))
-        ours = r.run(zero, force=True)
+        ours = r.run(zero, force=True)  # (B, A, V) at the answer positions
         worst = max(worst, float((ours.double() - r.clean_logits.double()).abs().max()))
     return worst

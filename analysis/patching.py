@@ -56,8 +56,7 @@ class PatchedRunner:
         B, P = batch.clean.shape
         self.B = B
         self.ones = torch.ones_like(batch.clean)
-        self.keep = torch.unique(batch.last)  # only the last positions' logits are computed
-        self.pos_in_keep = torch.searchsorted(self.keep, batch.last)
+        self.keep = batch.keep  # only the answer positions' logits are computed
         self.e_clean = adapter.embed(batch.clean)
         self.corr = torch.zeros(graph.n_src, B, P, adapter.d_model, dtype=self.acc, device=adapter.device)
         self.corr[0] = adapter.embed(batch.corrupted).to(self.acc)
@@ -81,10 +80,10 @@ class PatchedRunner:
     def _logits(self, tokens: Tensor) -> Tensor:
         out = self.a.model(input_ids=tokens, attention_mask=self.ones, use_cache=False,
                            logits_to_keep=self.keep).logits
-        return out[torch.arange(self.B, device=out.device), self.pos_in_keep]
+        return self.b.answer_logits(out, self.keep)
 
     def run(self, absent: Tensor, force: bool = False) -> Tensor:
-        """Last-position logits (B, V) of the clean run with every ``absent`` edge patched."""
+        """Answer-position logits (B, A, V) of the clean run with every ``absent`` edge patched."""
         a, g, acc = self.a, self.g, self.acc
         H, L, D = a.n_heads, a.n_layers, a.d_model
         absent = absent.to(a.device, acc)

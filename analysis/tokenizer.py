@@ -68,3 +68,39 @@ def build_word_tokenizer(out_dir: Path, max_number: int = 999, extra_words: tupl
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+# Digit-splitting, space-aware pieces, as in Llama-3 / SmolLM2 style byte-level BPE tokenizers: a word
+# keeps its leading space (" Mary" and "Mary" are different tokens), every digit is a token of its own
+# and a space before a number is a token of its own (" 70" -> " ", "7", "0").
+_DIGIT_PIECE = r" ?\p{L}+|\p{N}| |\n|[^\s\p{L}\p{N}]"
+
+
+def build_digit_tokenizer(out_dir: Path, extra_words: tuple[str, ...] = ()):
+    """Build, save and return a tokenizer that splits numbers into digits and keeps leading spaces on
+    words, so multi-token answers and leading-space labels are exercised offline the way a modern
+    pretrained tokenizer (SmolLM2, Llama-3, Qwen2) exercises them. Every word of the task templates is
+    in the vocabulary with and without its leading space."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from analysis.tasks.words import template_texts
+
+    pre = pre_tokenizers.Split(Regex(_DIGIT_PIECE), behavior="isolated")
+    words = [EOT, UNK, "\n", " "] + [str(d) for d in range(10)]
+    for text in template_texts() + list(_EXTRA_WORDS) + list(extra_words):
+        for piece, _ in pre.pre_tokenize_str(" " + text):
+            stem = piece.strip()
+            for form in (stem, " " + stem) if stem.isalpha() else (piece,):
+                if form and form not in words:
+                    words.append(form)
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=UNK))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([EOT, UNK])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT,
+                                   unk_token=UNK)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return fast

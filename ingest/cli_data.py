@@ -21,9 +21,10 @@ def _task_list() -> str:
 
 @data.command("make")
 @click.argument("task")
-@click.option("--tokenizer", "tokenizer", type=click.Path(path_type=Path),
-              help="Local Hugging Face tokenizer folder the filters use (single-token labels, equal "
-                   "clean/corrupted length). Required unless --from-csv.")
+@click.option("--tokenizer", "tokenizer", default=None,
+              help="The tokenizer the filters use (single-token labels, equal clean/corrupted length): a "
+                   "local Hugging Face model or tokenizer folder, a .gguf file, or a shipped model name "
+                   "(smollm2). Required unless --from-csv.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
 @click.option("--n", "n", type=int, default=None, help="Add/Sub range N: 100, 200, 300, 400 or 500 "
               "(default 100). Also spelled as the task name add_sub_200.")
@@ -49,9 +50,16 @@ def _task_list() -> str:
 @click.option("--split-size", type=int, default=200, show_default=True, help="Rows per disjoint split.")
 @click.option("--disjoint-from", type=click.Choice(["circuit", "all"]), default="circuit", show_default=True,
               help="Draw the disjoint splits from the circuit split or from all rows.")
+@click.option("--answer-tokens", type=click.Choice(["1", "any"]), default="1", show_default=True,
+              help="1: answers must be single tokens (the paper, Pythia-like tokenizers); any: answers of "
+                   "any length, e.g. numbers with a digit-splitting tokenizer (clean and corrupted answers "
+                   "of equal token length; scoring is teacher-forced over the answer positions).")
+@click.option("--leading-space/--no-leading-space", "leading_space", default=None,
+              help="Whether the answer follows the prompt with a space (it becomes part of the label). "
+                   "Default: the task's rule (word answers yes, the paper's numbers no).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
 def make(task, tokenizer, out, n, count, seed, finetune_frac, circuit_frac, split_seed, from_csv, perturb,
-         disjoint_splits, split_size, disjoint_from, overwrite):
+         disjoint_splits, split_size, disjoint_from, answer_tokens, leading_space, overwrite):
     """Generate TASK's dataset (or import one) and write it to --out.
 
     TASK is one of: add_sub (add_sub_100 .. add_sub_500), mul_div, sequence, lcm, function, compositional,
@@ -73,7 +81,8 @@ def make(task, tokenizer, out, n, count, seed, finetune_frac, circuit_frac, spli
     spec = DatasetSpec(task=task, tokenizer=tokenizer, out=out, n=n, count=count, seed=seed,
                        split=SplitConfig(finetune_frac, circuit_frac, split_seed), from_csv=from_csv,
                        perturb_levels=parse_levels(perturb) if perturb else (), disjoint=disjoint_splits,
-                       disjoint_size=split_size, disjoint_source=disjoint_from, overwrite=overwrite)
+                       disjoint_size=split_size, disjoint_source=disjoint_from, overwrite=overwrite,
+                       answer_tokens=answer_tokens, leading_space=leading_space)
     manifest = make_dataset(spec)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     click.echo(f"{manifest['task']} {manifest['params'] or ''} -> {out}: {counts}; "

@@ -155,7 +155,7 @@ def naive_faithfulness(adapter, circuit_edges, pairs):
         acc_m += tok.decode([int(clean.argmax())]).strip() == p.label
         acc_c += tok.decode([int(circ.argmax())]).strip() == p.label
     n = len(pairs)
-    return fm / n, fc / n, (ldm - ldk) / n, (ldc - ldk) / n, acc_m / n, acc_c / n
+    return fm / n, fc / n, (ldm - ldk) / n, (ldc - ldk) / n, 100 * acc_m / n, 100 * acc_c / n
 
 
 def random_circuit(spec, frac, seed):
@@ -216,9 +216,9 @@ def test_accuracy_against_argmax_labels(adapter):
         pairs.append((PromptPair(p.clean, p.corrupted, lab, p.corrupted_label), clab == lab))
     data = [p for p, _ in pairs]
     full, empty = evaluate_many(adapter, [full_circuit(adapter.spec), empty_circuit(adapter.spec)], data, batch_size=4)
-    assert full.model_accuracy == 1.0 and full.circuit_accuracy == 1.0
-    assert empty.circuit_accuracy == sum(same for _, same in pairs) / len(pairs)
-    assert empty.model_accuracy == 1.0
+    assert full.model_accuracy == 100.0 and full.circuit_accuracy == 100.0  # percent
+    assert empty.circuit_accuracy == 100.0 * sum(same for _, same in pairs) / len(pairs)
+    assert empty.model_accuracy == 100.0
 
 
 def test_batch_size_and_head_level(adapter):

@@ -58,7 +58,7 @@ def test_invariants_of_every_task(name, generated, tok):
         assert len({p.clean for p in pairs}) == len(pairs)
     label_prefix = " " if task.label_space else ""
     for p in pairs:
-        assert len(tok.tokenize(label_prefix + p.label)) == 1, p
+        assert p.label.startswith(label_prefix) and len(tok.tokenize(p.label)) == 1, p  # label as the model sees it
         assert n_tokens(tok, p.clean) == n_tokens(tok, p.corrupted), p
         assert p.clean != p.corrupted
         assert not p.clean.endswith((" ", "\n")) and not p.corrupted.endswith((" ", "\n"))
@@ -66,7 +66,7 @@ def test_invariants_of_every_task(name, generated, tok):
     for r, p in zip(rows, pairs):
         inst, corr = task.parse_pair(p.clean, p.corrupted)
         assert task.corruption_kind(inst, corr) in task.corruption_kinds, p
-        assert task.answer(inst) == p.label
+        assert label_prefix + task.answer(inst) == p.label
         assert task.render(inst) == p.clean
     # Balanced groups (operators, Yes/No, which object is handed over).
     if len(task.groups) > 1:
@@ -203,26 +203,27 @@ def test_rebuttal_templates(generated, tok):
     _, _, cmp_pairs = generated["comparison"]
     for p in cmp_pairs:
         a, b = map(int, re.fullmatch(r"Is (\d+) > (\d+)\? Answer:", p.clean).groups())
-        assert p.label == ("Yes" if a > b else "No") and p.corrupted == f"Is {b} > {a}? Answer:"
-        assert {p.label, p.corrupted_label} == {"Yes", "No"}
+        assert p.label == (" Yes" if a > b else " No") and p.corrupted == f"Is {b} > {a}? Answer:"
+        assert {p.label, p.corrupted_label} == {" Yes", " No"}
     _, _, ioi = generated["ioi"]
     for p in ioi:
         m = re.fullmatch(r"(\w+) needed (\w+), (\w+) wanted (\w+), (\w+) handed (\w+) to", p.clean)
         assert m, p.clean
         a, x, b, y, c, given = m.groups()
         assert len({a, b, c}) == 3 and x != y
-        assert p.label == (a if given == x else b) and p.corrupted_label == (b if given == x else a)
+        assert p.label == " " + (a if given == x else b) and p.corrupted_label == " " + (b if given == x else a)
     _, _, cap = generated["capital"]
     from analysis.tasks.words import countries
     capital_of = dict(countries())
     assert len(capital_of) >= 60
     for p in cap:
         c1, k1, c2 = re.fullmatch(r"If (.+) corresponds to (.+), then (.+) corresponds to", p.clean).groups()
-        assert capital_of[c1] == k1 and p.label == capital_of[c2] and c1 != c2
+        assert capital_of[c1] == k1 and p.label == " " + capital_of[c2] and c1 != c2
         c3 = re.fullmatch(r"If .+ corresponds to .+, then (.+) corresponds to", p.corrupted)[1]
         assert c3 not in (c1, c2)
         # "Mexico City" is two tokens: no single-token corrupted answer, so none is written.
-        assert p.corrupted_label == (capital_of[c3] if len(tok.tokenize(capital_of[c3])) == 1 else None)
+        spaced = " " + capital_of[c3]
+        assert p.corrupted_label == (spaced if len(tok.tokenize(spaced)) == 1 else None)
 
 
 def test_filter_error_names_filter_and_survivors(tok200, monkeypatch):

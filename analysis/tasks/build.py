@@ -12,7 +12,7 @@ from pathlib import Path
 from analysis.datasets import read_pairs_csv, write_dataset
 from analysis.errors import UserError
 from analysis.tasks.base import Row, Task
-from analysis.tasks.filters import TokenChecker, check_pair, load_tokenizer
+from analysis.tasks.filters import TokenChecker, check_pair, leading_space, load_tokenizer
 from analysis.tasks.generate import generate_rows, quotas, to_pairs
 from analysis.tasks.perturb import perturb_rows
 from analysis.tasks.registry import make_task
@@ -37,6 +37,8 @@ class DatasetSpec:
     disjoint_size: int = 200
     disjoint_source: str = "circuit"       # draw the disjoint splits from "circuit" or "all" rows
     overwrite: bool = False
+    answer_tokens: str = "1"               # "1": single-token answers (the paper); "any": any length
+    leading_space: bool | None = None      # answers follow the prompt with a space; None: the task's rule
 
 
 def _tokenizer_info(path: Path, tokenizer) -> dict:
@@ -64,7 +66,7 @@ def import_rows(task: Task, path: Path, checker: TokenChecker | None) -> tuple[l
         if kind not in task.corruption_kinds:
             raise UserError(f"{path}: line {i}: the corruption is not a {task.name} corruption "
                             f"({' or '.join(task.corruption_kinds)})")
-        if task.answer(inst) != pair.label:
+        if task.answer(inst) != pair.label.strip():
             raise UserError(f"{path}: line {i}: label {pair.label} but the prompt's answer is "
                             f"{task.answer(inst)}")
         why = check_pair(task, inst, corr, checker) if checker else None
@@ -86,9 +88,11 @@ def make_dataset(spec: DatasetSpec) -> dict:
     tokenizer = checker = None
     if spec.tokenizer is not None:
         tokenizer = load_tokenizer(spec.tokenizer)
-        checker = TokenChecker(tokenizer)
+        checker = TokenChecker(tokenizer, spec.answer_tokens, spec.leading_space)
     elif spec.from_csv is None:
         raise UserError("--tokenizer is required to generate a dataset")
+    # without a tokenizer nothing is filtered, but the answer format still applies to the labels
+    answer_format = checker or TokenChecker(None, spec.answer_tokens, spec.leading_space)
     if spec.disjoint_source not in ("circuit", "all"):
         raise UserError(f"disjoint splits come from 'circuit' or 'all', not {spec.disjoint_source!r}")
     if spec.perturb_levels and checker is None:
@@ -137,9 +141,10 @@ def make_dataset(spec: DatasetSpec) -> dict:
         "split": {"finetune": spec.split.finetune, "circuit": spec.split.circuit, "seed": spec.split.seed,
                   "method": "sklearn train_test_split(test_size=circuit, random_state=seed)"},
         "tokenizer": _tokenizer_info(spec.tokenizer, tokenizer) if tokenizer is not None else None,
-        "label_leading_space": task.label_space,
+        "label_leading_space": leading_space(task, answer_format),
+        "answer_tokens": spec.answer_tokens,
         "source": source,
         **extras,
     }
-    splits = {name: to_pairs(task, rs, checker) for name, rs in files.items()}
+    splits = {name: to_pairs(task, rs, checker or answer_format) for name, rs in files.items()}
     return write_dataset(spec.out, splits, manifest, overwrite=spec.overwrite)

@@ -12,8 +12,8 @@ from collections import Counter
 from analysis.datasets import PromptPair
 from analysis.errors import UserError
 from analysis.tasks.base import Row, Task
-from analysis.tasks.filters import (DUPLICATE, INVALID, NO_CORRUPTION, TokenChecker, check_pair,
-                                    corrupted_label)
+from analysis.tasks.filters import (DUPLICATE, INVALID, NO_CORRUPTION, TokenChecker, answer_text,
+                                    check_pair, corrupted_label)
 from analysis.tasks.registry import make_task
 
 # Draws allowed per requested example before giving up (the sparsest default task needs ~3).
@@ -72,18 +72,21 @@ def generate_rows(task: Task, count: int, seed: int, checker: TokenChecker) -> l
         per_group = ", ".join(f"{g!r} {have[g]}/{need[g]}" for g in task.groups)
         raise UserError(f"{task.name}: only {len(rows)} of {count} examples survived the filters after "
                         f"{draws} draws ({per_group}); {worst or 'no rejections'}. Ask for fewer (--count) "
-                        "or use a tokenizer that keeps these numbers single tokens")
+                        "or use a tokenizer that keeps these numbers single tokens"
+                        + (" (or --answer-tokens any for a digit-splitting tokenizer)"
+                           if checker.answer_tokens == "1" else ""))
     return rows
 
 
 def to_pairs(task: Task, rows: list[Row], checker: TokenChecker | None) -> list[PromptPair]:
-    return [PromptPair(task.render(r.clean), task.render(r.corrupted), task.answer(r.clean),
+    return [PromptPair(task.render(r.clean), task.render(r.corrupted),
+                       answer_text(task, task.answer(r.clean), checker),
                        corrupted_label(task, r.corrupted, checker)) for r in rows]
 
 
 def generate(task: Task | str, tokenizer, count: int | None = None, seed: int = 42,
-             **params) -> list[PromptPair]:
+             answer_tokens: str = "1", leading_space: bool | None = None, **params) -> list[PromptPair]:
     """Convenience: prompt pairs of a task for a tokenizer (object), e.g. generate("add_sub", tok, n=200)."""
     task = make_task(task, **params) if isinstance(task, str) else task
-    checker = TokenChecker(tokenizer)
+    checker = TokenChecker(tokenizer, answer_tokens, leading_space)
     return to_pairs(task, generate_rows(task, count or task.default_count, seed, checker), checker)
