@@ -1,7 +1,7 @@
 """EAP / EAP-IG edge scores: the scoring engine.
 
     score(adapter, graph, pairs, method="eap-ig-inputs", metric="kl", steps=5, ig_rule="right",
-          batch_size=16) -> ScoreResult
+          batch_size=16, compat=None, backend=None) -> ScoreResult
 
 Score of edge u -> v (one convention for every method; higher |score| = more important, the sign is
 kept)::
@@ -13,7 +13,8 @@ input of v (the residual stream entering v's LayerNorm; for a head, separately f
 K the gradient points of the method. To first order the score is the change of the metric when the
 edge alone carries the corrupted activation. Scores are normalised per example (a sum over examples
 divided by N), so unlike hannamw/EAP-IG (which also takes a batch mean inside the metric) they do
-not depend on the batch size; hannamw's scores are ours divided by the batch size.
+not depend on the batch size; hannamw's scores are ours divided by the batch size on full batches
+(``compat="hannamw"`` gives its exact numbers, below).
 
 Methods
     eap                 K = {clean}: the gradient of the clean run (Syed et al.; hannamw ``EAP``).
@@ -28,6 +29,27 @@ Methods
                         gradients. (hannamw adds every group's gradients to every edge; we keep
                         each group's own, which is the method as described.)
     clean-corrupted     K = {clean, corrupted}.
+
+``compat="hannamw"``: hannamw/EAP-IG 795f560's exact numbers (tests/test_compat.py checks them
+against scores the reference itself produced, benchmarks/make_reference_scores.py). What differs:
+
+* batch mean: the reference's metric is the batch mean, so each batch's scores are divided by its
+  size before the sum over batches / N: full batches give ours / batch size, and a partial last batch
+  of b < B examples weighs B/b times more per example.
+* IG rule: the reference's: k = 0..m-1 (left) for eap-ig-inputs and k = 1..m (right) for
+  eap-ig-activations; ``ig_rule`` is ignored.
+* eap-ig-activations: the reference runs one interpolation pass per node group (input, the heads of
+  each layer, each MLP) and step, and adds EVERY pass's gradients to EVERY edge (not only the edges
+  out of the interpolated group), then divides by (1 + 2L) * m passes: each edge's score is its
+  activation difference times the destination gradient averaged over all (1 + 2L) * m interpolation
+  points (with the interpolated group's own inputs getting no gradient in its passes, and, in the
+  input group's passes of a model without learned position embeddings, neither the destinations
+  that read layer 0's residual entry: the reference's TL hooks never fire on that constant).
+
+Backends: ``backend="native"`` hooks the HF model itself (:mod:`analysis.adapter`);
+``"transformer-lens"`` places the same hooks through TransformerLens' TransformerBridge
+(:mod:`analysis.tl_adapter`), an independent oracle and the way to score architectures the native
+adapter does not know. The engine sees either through the same adapter interface.
 
 Speed: the frozen HF model runs unmodified (no weight gradients, no split q/k/v in the forward pass):
 one forward without grad at one end point, then one forward + backward per gradient point (the clean
@@ -55,6 +77,9 @@ Tensor = torch.Tensor
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted")
 IG_RULES = ("left", "right")
+COMPATS = ("hannamw",)
+BACKENDS = ("native", "transformer-lens")
+REFERENCE_IG_RULE = {"eap-ig-inputs": "left", "eap-ig-activations": "right"}  # hannamw/EAP-IG 795f560
 SIGN_CONVENTION = ("score = (corrupted - clean activation) . d metric / d input, averaged over examples "
                    "and gradient points; higher |score| = more important; sign kept")
 
@@ -73,11 +98,16 @@ class ScoreResult:
 
 
 # ------------------------------------------------------------------------------------------ checks
-def check_settings(method: str, metric: str, steps: int | None, ig_rule: str, batch_size: int) -> int:
+def check_settings(method: str, metric: str, steps: int | None, ig_rule: str | None, batch_size: int,
+                   compat: str | None = None, backend: str | None = None) -> int:
+    """Validate before anything is loaded; return the number of IG steps m (1 without IG)."""
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     get_metric(metric)
-    if ig_rule not in IG_RULES:
+    check_compat(compat)
+    if backend is not None and backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if ig_rule is not None and ig_rule not in IG_RULES:
         raise UserError(f"unknown IG rule {ig_rule!r}; choose left or right")
     if batch_size is None or batch_size <= 0:
         raise UserError(f"batch size must be positive, got {batch_size}")
@@ -90,6 +120,18 @@ def check_settings(method: str, metric: str, steps: int | None, ig_rule: str, ba
     if steps is not None and steps <= 0:
         raise UserError(f"--steps must be positive, got {steps}")
     return 1
+
+
+def check_compat(compat: str | None) -> None:
+    if compat is not None and compat not in COMPATS:
+        raise UserError(f"unknown compat {compat!r}; the only one is hannamw (hannamw/EAP-IG 795f560's exact numbers)")
+
+
+def resolve_ig_rule(method: str, ig_rule: str | None, compat: str | None) -> str:
+    """The IG rule a run uses: the reference's under compat, else ``ig_rule`` (default right)."""
+    if compat is not None and method in REFERENCE_IG_RULE:
+        return REFERENCE_IG_RULE[method]
+    return ig_rule or "right"
 
 
 def ig_alphas(steps: int, rule: str) -> list[float]:
@@ -175,15 +217,18 @@ class _BatchScorer:
 
     def run(self, *, embed_alpha: float | None = 1.0, capture: float | None = None,
             keep_outputs: str | None = None, grad: bool = True, override: tuple | None = None,
-            set_target: bool = False) -> _Grads | None:
+            set_target: bool = False, grad_upstream: bool = False) -> _Grads | None:
         """One forward (and backward when ``grad``) on the clean prompt with the input embedding
         interpolated at ``embed_alpha`` (None: the model's own clean embedding) and optionally one
-        node group's output replaced (``override = (kind, layer, alpha)``)."""
+        node group's output replaced (``override = (kind, layer, alpha)``). ``grad_upstream``: with an
+        override, also compute the gradients at destinations upstream of the replaced group (the
+        hannamw aggregation uses every pass for every edge)."""
         a = self.a
         kw: dict = {}
-        if embed_alpha is not None or (grad and override is None):
+        with_grad_input = grad and (override is None or grad_upstream)
+        if embed_alpha is not None or with_grad_input:
             e = self._interp(1.0 if embed_alpha is None else embed_alpha, self.e_clean, self.e_corr)
-            if grad and override is None:
+            if with_grad_input:
                 e = e.detach().requires_grad_(True)
             kw["embed_override"] = lambda out, e=e: e
         if capture is not None:
@@ -202,14 +247,22 @@ class _BatchScorer:
                 key = "attn_out_override" if kind == "attn" else "mlp_out_override"
                 kw[key] = lambda l, out, layer=layer, new=new: new if l == layer else None
         with torch.set_grad_enabled(grad), a.hooks(**kw):
-            logits = a.model(input_ids=self.b.clean, attention_mask=self.ones, use_cache=False,
-                             logits_to_keep=self.keep).logits
+            logits = self._logits()
         answer = self.b.answer_logits(logits, self.keep)
         if set_target:
             self.target = answer.detach()
         if grad:
             per_example(self.metric, answer, self.target, self.b).sum().backward()
         return grads
+
+    def _logits(self) -> Tensor:
+        """The hooked clean-token run's logits at the answer positions (a backend may run its own
+        forward, e.g. TransformerLens' bridge; the native adapter runs the HF model itself)."""
+        run = getattr(self.a, "run_logits", None)
+        if run is not None:
+            return run(self.b.clean, self.keep)
+        return self.a.model(input_ids=self.b.clean, attention_mask=self.ones, use_cache=False,
+                            logits_to_keep=self.keep).logits
 
     def contract(self, gr: _Grads, rows: tuple[int, int] | None = None) -> None:
         """scores[src, dst] += sum_{b,p,d} diff[src] * grad_in[dst] (restricted to ``rows``)."""
@@ -222,7 +275,7 @@ class _BatchScorer:
             if l in gr.qkv:
                 hi = min(hi_all, n_upstream_for_layer(spec, l))
                 if lo < hi:
-                    gh = a.qkv_input_grads(l, gr.qkv[l], gr.x[l], acc).view(3 * H, -1)
+                    gh = a.qkv_input_grads(l, gr.qkv[l], gr.x.get(l), acc).reshape(3 * H, -1)
                     self.scores[lo:hi, c0:c0 + 3 * H] += flat[lo:hi] @ gh.T
             if l in gr.mlp:
                 hi = min(hi_all, n_upstream_for_layer(spec, l, mlp=True))
@@ -233,7 +286,50 @@ class _BatchScorer:
             self.scores[lo:hi, -1] += flat[lo:hi] @ gr.final.to(acc).reshape(-1)
 
 
-def _score_batch(s: _BatchScorer, method: str, steps: int, ig_rule: str) -> int:
+def _activation_groups(n_layers: int, H: int) -> list[tuple[str, int, tuple[int, int]]]:
+    """The node groups eap-ig-activations interpolates, in forward order, with their source rows."""
+    groups: list[tuple[str, int, tuple[int, int]]] = [("input", -1, (0, 1))]
+    for l in range(n_layers):
+        r = 1 + l * (H + 1)
+        groups += [("attn", l, (r, r + H)), ("mlp", l, (r + H, r + H + 1))]
+    return groups
+
+
+# Architectures whose residual stream entering layer 0 adds a learned position embedding to the input
+# node's output (see _drop_constant_entry).
+_LEARNED_POSITIONS = ("gpt2", "gpt_neo", "opt")
+
+
+def _drop_constant_entry(gr: _Grads, adapter) -> _Grads:
+    """hannamw's input-group passes: the reference replaces the embedding by a constant that does not
+    require grad, so where layer 0's residual entry is that constant alone (no learned position
+    embedding: GPT-NeoX, Llama, ...) TransformerLens' backward hooks never fire at the destinations
+    reading it: the heads of layer 0 and, with parallel attention/MLP, m0. Drop those gradients."""
+    if getattr(adapter, "arch", None) in _LEARNED_POSITIONS:
+        return gr
+    gr.qkv.pop(0, None)
+    if adapter.spec.parallel_attn_mlp:
+        gr.mlp.pop(0, None)
+    return gr
+
+
+def _score_ig_activations(s: _BatchScorer, steps: int, ig_rule: str, shared: bool) -> int:
+    """eap-ig-activations; ``shared``: hannamw's aggregation (every pass's gradients for every edge,
+    averaged over all passes), else each group's edges use its own passes. Returns #gradient points."""
+    s.run(embed_alpha=0.0, capture=+1.0, keep_outputs="corr", grad=False)
+    s.run(embed_alpha=1.0, capture=-1.0, keep_outputs="clean", grad=False, set_target=True)
+    groups = _activation_groups(s.a.n_layers, s.a.n_heads)
+    for kind, layer, rows in groups:
+        for alpha in ig_alphas(steps, ig_rule):
+            if not shared:
+                s.contract(s.run(embed_alpha=None, override=(kind, layer, alpha)), rows=rows)
+                continue
+            gr = s.run(embed_alpha=None, override=(kind, layer, alpha), grad_upstream=True)
+            s.contract(_drop_constant_entry(gr, s.a) if kind == "input" else gr)
+    return steps * len(groups) if shared else steps
+
+
+def _score_batch(s: _BatchScorer, method: str, steps: int, ig_rule: str, compat: str | None = None) -> int:
     """Fill ``s.scores`` with the batch's summed (not yet averaged) scores; return #gradient points."""
     if method == "eap" or (method == "eap-ig-inputs" and ig_rule == "right"):
         if method == "eap":
@@ -258,19 +354,7 @@ def _score_batch(s: _BatchScorer, method: str, steps: int, ig_rule: str) -> int:
         s.contract(g_corr)
         return 2
     if method == "eap-ig-activations":
-        a = s.a
-        H = a.n_heads
-        s.run(embed_alpha=0.0, capture=+1.0, keep_outputs="corr", grad=False)
-        s.run(embed_alpha=1.0, capture=-1.0, keep_outputs="clean", grad=False, set_target=True)
-        groups: list[tuple[str, int, tuple[int, int]]] = [("input", -1, (0, 1))]
-        for l in range(a.n_layers):
-            r = 1 + l * (H + 1)
-            groups += [("attn", l, (r, r + H)), ("mlp", l, (r + H, r + H + 1))]
-        for kind, layer, rows in groups:
-            for alpha in ig_alphas(steps, ig_rule):
-                gr = s.run(embed_alpha=None, override=(kind, layer, alpha))
-                s.contract(gr, rows=rows)
-        return steps
+        return _score_ig_activations(s, steps, ig_rule, shared=compat == "hannamw")
     raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -281,12 +365,53 @@ def _parity(adapter: ModelAdapter, batch: Batch, hooked: Tensor) -> float:
     return float((ref.to(torch.float64) - hooked.to(torch.float64)).abs().max())
 
 
+def with_backend(adapter, backend: str | None):
+    """The adapter that scores with ``backend`` (None: the adapter's own). A native adapter asked for
+    transformer-lens is re-wrapped (a copy of its model) by :class:`analysis.tl_adapter.TLAdapter`."""
+    own = getattr(adapter, "backend", "native")
+    if backend is None or backend == own:
+        return adapter
+    if backend == "transformer-lens":
+        from analysis.tl_adapter import TLAdapter
+
+        return TLAdapter.from_adapter(adapter)
+    raise UserError(f"backend {backend!r} needs a native adapter (analysis.models.load_model), not a {own} one")
+
+
+def _settings(adapter, method: str, metric: str, m: int, ig_rule: str, batch_size: int, n: int,
+              compat: str | None) -> dict:
+    """What a score depends on, stored with it (provenance)."""
+    ig = method in ("eap-ig-inputs", "eap-ig-activations")
+    hannamw = compat == "hannamw"
+    shared = hannamw and method == "eap-ig-activations"
+    return {
+        "method": method, "metric": metric, "steps": m if ig else None, "ig_rule": ig_rule if ig else None,
+        "batch_size": batch_size, "n_examples": n, "dtype": str(adapter.dtype).replace("torch.", ""),
+        "device": str(adapter.device),
+        "aggregation": "sum over d_model and positions" + (
+            "; every edge uses the gradients of all (1 + 2L) x m interpolation passes (hannamw)" if shared else ""),
+        "normalization": ("hannamw: per batch the metric's batch mean (scores / batch size), summed over batches / N, "
+                          "mean over gradient points" if hannamw else
+                          "per example: sum over examples / N, mean over gradient points"),
+        "kl": "vocabulary mean" if metric == "kl" else None,
+        "sign": SIGN_CONVENTION,
+        "compat": compat,
+        "backend": getattr(adapter, "backend", "native"),
+    }
+
+
 def score(adapter: ModelAdapter, graph: Graph, pairs: Sequence, method: str = "eap-ig-inputs",
-          metric: str = "kl", steps: int | None = 5, ig_rule: str = "right", batch_size: int = 16,
-          progress: bool = False, parity: bool = True) -> ScoreResult:
-    """Score every edge of ``graph`` on prompt ``pairs`` (``analysis.datasets.PromptPair``)."""
+          metric: str = "kl", steps: int | None = 5, ig_rule: str | None = "right", batch_size: int = 16,
+          progress: bool = False, parity: bool = True, compat: str | None = None,
+          backend: str | None = None) -> ScoreResult:
+    """Score every edge of ``graph`` on prompt ``pairs`` (``analysis.datasets.PromptPair``).
+
+    ``compat="hannamw"``: hannamw/EAP-IG's exact numbers (module docstring; implies its IG rule).
+    ``backend``: "native" or "transformer-lens" (None: the adapter's own)."""
     t0 = time.perf_counter()
-    m = check_settings(method, metric, steps, ig_rule, batch_size)
+    m = check_settings(method, metric, steps, ig_rule, batch_size, compat, backend)
+    ig_rule = resolve_ig_rule(method, ig_rule, compat)
+    adapter = with_backend(adapter, backend)
     metric_fn = get_metric(metric)
     if graph.spec != adapter.spec:
         raise UserError(f"graph {graph.spec} does not match the model {adapter.spec}")
@@ -307,24 +432,16 @@ def score(adapter: ModelAdapter, graph: Graph, pairs: Sequence, method: str = "e
     for st in it:
         batch = adapter.make_batch(enc, range(st, min(n, st + batch_size)))
         s = _BatchScorer(adapter, graph, batch, metric_fn, acc)
-        points = _score_batch(s, method, m, ig_rule)
-        total += s.scores.to("cpu", torch.float64)
+        points = _score_batch(s, method, m, ig_rule, compat)
+        batch_scores = s.scores.to("cpu", torch.float64)
+        total += batch_scores if compat is None else batch_scores / batch.clean.shape[0]  # hannamw: batch mean
         if parity and parity_value is None:
             # the hooked clean-run logits: target is the (hooked) clean last-position logits
             parity_value = _parity(adapter, batch, s.target)
         del s
     dense = total / (n * points)
     dense[~graph.mask] = 0.0
-    settings = {
-        "method": method, "metric": metric,
-        "steps": m if method in ("eap-ig-inputs", "eap-ig-activations") else None,
-        "ig_rule": ig_rule if method in ("eap-ig-inputs", "eap-ig-activations") else None,
-        "batch_size": batch_size, "n_examples": n, "dtype": str(adapter.dtype).replace("torch.", ""),
-        "device": str(adapter.device), "aggregation": "sum over d_model and positions",
-        "normalization": "per example: sum over examples / N, mean over gradient points",
-        "kl": "vocabulary mean" if metric == "kl" else None,
-        "sign": SIGN_CONVENTION,
-    }
+    settings = _settings(adapter, method, metric, m, ig_rule, batch_size, n, compat)
     return ScoreResult(dense, graph.mask.clone(), graph, settings, parity_value, time.perf_counter() - t0)
 
 

@@ -55,6 +55,10 @@ from analysis.errors import UserError
 NodeKind = Literal["input", "attn", "mlp", "logits"]
 QKV = ("q", "k", "v")
 
+# Decoders only the TransformerLens backend scores (analysis.tl_adapter): sequential pre-norm blocks with
+# grouped-query attention, named and laid out as Llama (k/v destinations per kv-head).
+TL_ONLY_ARCHITECTURES = ("qwen2", "gemma")
+
 _EDGE_RE = re.compile(r"^(input|a\d+\.h\d+|m\d+)->(a\d+\.h\d+|m\d+|logits)(?:<([qkv])>)?$")
 
 
@@ -93,7 +97,8 @@ class GraphSpec:
 
     @classmethod
     def from_hf_config(cls, config) -> "GraphSpec":
-        """From a transformers config (GPT-NeoX, GPT-2, GPT-Neo, OPT, Llama)."""
+        """From a transformers config (GPT-NeoX, GPT-2, GPT-Neo, OPT, Llama; Qwen2 and Gemma, whose graph is
+        Llama's, for the TransformerLens backend)."""
         mt = getattr(config, "model_type", None)
         if mt == "gpt_neox":
             return cls(config.num_hidden_layers, config.num_attention_heads,
@@ -111,11 +116,12 @@ class GraphSpec:
                 raise UserError(f"OPT with word_embed_proj_dim {wdim} != hidden_size {config.hidden_size} "
                                 "(project_in/project_out) is not supported")
             return cls(config.num_hidden_layers, config.num_attention_heads, False)
-        if mt == "llama":
+        if mt in ("llama",) + TL_ONLY_ARCHITECTURES:
             H = config.num_attention_heads
             G = getattr(config, "num_key_value_heads", None) or H
             return cls(config.num_hidden_layers, H, False, None if G == H else G)
-        raise UserError(f"unsupported architecture {mt!r} for a graph; supported: gpt_neox, gpt2, gpt_neo, opt, llama")
+        raise UserError(f"unsupported architecture {mt!r} for a graph; supported: gpt_neox, gpt2, gpt_neo, opt, llama "
+                        f"(and {', '.join(TL_ONLY_ARCHITECTURES)} with --backend transformer-lens)")
 
 
 @dataclass(frozen=True)
