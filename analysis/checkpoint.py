@@ -1,5 +1,6 @@
 """One checkpoint's circuit: score every edge (EAP-IG), select the circuit (top 5%, pruned), evaluate
-it (faithfulness, circuit and model accuracy): method.md sections 2.3-2.5, on a model mid-training.
+it (faithfulness, circuit and model accuracy, all in percent): method.md sections 2.3-2.5, on a model
+mid-training.
 
 The model may be a peft model in training mode: its adapters are merged for scoring (method.md 2.1:
 fine-tuned models are scored with LoRA merged), and afterwards the exact base weights, the
@@ -29,12 +30,34 @@ class ScoringConfig:
     batch_size: int = field(default=32, metadata={"help": "Scoring and evaluation batch size."})
     top_frac: float = field(default=0.05, metadata={"help": "Circuit = top fraction of edges, then pruned."})
     max_examples: int | None = field(default=None, metadata={"help": "Use at most N circuit-split pairs."})
+    top_n: int | None = field(default=None, metadata={
+        "help": "Circuit = the top N edges, then pruned (instead of top_frac): for small graphs, where "
+                "5% of a few hundred edges is not a circuit."})
+    compat: str | None = field(default=None, metadata={
+        "help": "hannamw: hannamw/EAP-IG's exact numbers (analysis.eap; implies its IG rule)."})
 
     def __post_init__(self):
         from analysis.eap import check_settings
-        check_settings(self.method, self.metric, self.steps, self.ig_rule, self.batch_size)
+        check_settings(self.method, self.metric, self.steps, self.ig_rule, self.batch_size, self.compat)
         if not 0 < self.top_frac <= 1:
             raise UserError(f"--top-frac must be in (0, 1], got {self.top_frac}")
+        if self.top_n is not None and self.top_n < 1:
+            raise UserError(f"--top-n must be a positive number of edges, got {self.top_n}")
+
+    @property
+    def selection(self) -> tuple[str, float]:
+        """(select_circuit method, value): the method's circuit before pruning."""
+        return ("top_n", self.top_n) if self.top_n is not None else ("top_frac", self.top_frac)
+
+    def record(self) -> dict:
+        """The settings as hashed with a run; top_n and compat only when set, so the hashes of top-frac
+        runs without compat are those from before the options existed."""
+        d = asdict(self)
+        if d["top_n"] is None:
+            del d["top_n"]
+        if d["compat"] is None:  # as top_n: the hashes of runs without compat are unchanged
+            del d["compat"]
+        return d
 
 
 @dataclass
@@ -92,11 +115,13 @@ def score_checkpoint(model, tokenizer, pairs: Sequence, cfg: ScoringConfig,
         adapter = ModelAdapter(plain, tokenizer)
         graph = build_graph(adapter.spec)
         result = score(adapter, graph, pairs, method=cfg.method, metric=cfg.metric, steps=cfg.steps,
-                       ig_rule=cfg.ig_rule, batch_size=cfg.batch_size, progress=progress)
-        circuit = select_circuit(result, adapter.spec, "top_frac", cfg.top_frac)
+                       ig_rule=cfg.ig_rule, batch_size=cfg.batch_size, progress=progress, compat=cfg.compat)
+        method, value = cfg.selection
+        circuit = select_circuit(result, adapter.spec, method, value)
         if not circuit.edges:
-            raise UserError(f"the top {cfg.top_frac:g} of {len(graph.edges)} edges prune to an empty circuit; "
-                            "use a larger --top-frac for a model this small")
+            what = f"top {value:g}" if method == "top_n" else f"top {value:g} of {len(graph.edges)}"
+            raise UserError(f"the {what} edges prune to an empty circuit; select more edges (--top-n or "
+                            "--top-frac) for a model this small")
         ev = evaluate(adapter, circuit, pairs, metric="kl", batch_size=cfg.batch_size, prune=False)
     names = [e.name for e in graph.edges]
     scores = graph.edge_scores(result.dense).double().tolist()
@@ -106,6 +131,7 @@ def score_checkpoint(model, tokenizer, pairs: Sequence, cfg: ScoringConfig,
                "parity_max_abs_logit_diff": result.parity, "n_circuit_edges": len(circuit.edges),
                "n_circuit_nodes": len(circuit.nodes), "n_examples": len(pairs),
                "score_seconds": round(result.seconds, 3), "eval_seconds": round(ev.seconds, 3)}
-    settings = {**asdict(cfg), **result.settings, "selection": "top_frac then prune",
+    settings = {**cfg.record(), **result.settings, "selection": f"{method} {value:g} then prune",
+                "circuit_edges_selected": circuit.meta.get("selected_edges"),
                 "faithfulness_metric": "kl (vocab mean), method.md 2.5"}
     return CheckpointResult(names, scores, in_graph, metrics, settings)

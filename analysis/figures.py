@@ -44,13 +44,16 @@ def _bars(ax) -> dict:
 
 def plot_accuracy_faithfulness(out: Path, steps: list, accuracy: list, faithfulness: list,
                                title: str = "") -> dict:
-    """Fig. 2 left/middle: model accuracy and circuit faithfulness (%) over checkpoints."""
+    """Fig. 2 left/middle: model accuracy and circuit faithfulness over checkpoints, both stored and
+    drawn in percent (0-100)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    pct = lambda xs: [None if x is None else 100.0 * x for x in xs]  # noqa: E731
-    ax.plot(steps, pct(accuracy), "o-", color=ADDED, label="accuracy")
-    ax.plot(steps, pct(faithfulness), "s--", color=REMOVED, label="faithfulness")
+    nan = lambda xs: [float("nan") if x is None else float(x) for x in xs]  # noqa: E731
+    ax.plot(steps, nan(accuracy), "o-", color=ADDED, label="accuracy")
+    ax.plot(steps, nan(faithfulness), "s--", color=REMOVED, label="faithfulness")
     ax.set_xlabel("checkpoint (step)")
     ax.set_ylabel("%")
+    top = max([100.0, *(y for y in nan(accuracy) + nan(faithfulness) if y == y)])
+    ax.set_ylim(min([0.0, *(y for y in nan(faithfulness) if y == y)]) - 2, top + 2)
     ax.set_title(title or "Accuracy and circuit faithfulness")
     ax.legend()
     ax.grid(alpha=0.3)

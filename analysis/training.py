@@ -26,14 +26,69 @@ FEEDFORWARD_MODULES = {
     "opt": ["fc1", "fc2"], "llama": ["gate_proj", "up_proj", "down_proj"],
 }
 
-# method.md 3.3: (epochs, LoRA lr, full-FT lr) per task family.
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """The paper's per-task schedule (method.md 3.3): epochs, LoRA lr (by rank where the paper gives
+    one), full-FT lr."""
+
+    epochs: float
+    lora_lr: float
+    full_lr: float
+    lora_lr_by_rank: tuple[tuple[int, float], ...] = ()
+
+    def lora_lr_for(self, rank: int) -> float:
+        return dict(self.lora_lr_by_rank).get(rank, self.lora_lr)
+
+
+# method.md 3.3. Full-FT lr for Add/Sub 300 is not given: 200's (6e-6) is used.
 TASK_DEFAULTS = {
-    "add_sub_100": (2, 3e-4, 8e-6), "add_sub_200": (4, 3e-4, 6e-6), "add_sub_300": (4, 3e-4, 6e-6),
-    "add_sub_400": (4, 3e-4, 5e-6), "add_sub_500": (4, 3e-4, 4e-6), "mul_div": (2, 3e-4, 4e-6),
-    "sequence": (4, 3e-4, 8e-6), "lcm": (2, 3e-4, 4e-6), "function": (2, 3e-4, 8e-6),
-    "compositional": (4, 3e-4, 8e-6),
+    "add_sub_100": TaskDefaults(2, 3e-4, 8e-6), "add_sub_200": TaskDefaults(4, 3e-4, 6e-6),
+    "add_sub_300": TaskDefaults(4, 3e-4, 6e-6), "add_sub_400": TaskDefaults(4, 3e-4, 5e-6, ((32, 2e-4),)),
+    "add_sub_500": TaskDefaults(4, 3e-4, 4e-6), "mul_div": TaskDefaults(2, 3e-4, 4e-6),
+    "sequence": TaskDefaults(4, 3e-4, 8e-6), "lcm": TaskDefaults(2, 3e-4, 4e-6, ((16, 4e-4), (32, 2e-4))),
+    "function": TaskDefaults(2, 3e-4, 8e-6), "compositional": TaskDefaults(4, 3e-4, 8e-6),
 }
+FALLBACK_DEFAULTS = TaskDefaults(2, 3e-4, 8e-6)
+# method.md 3.4: AdaLoRA and IA3 have their own lr and epochs (AdaLoRA also warm-up 25), whatever the task.
 PEFT_LR = {"adalora": 8e-3, "ia3": 8e-3}
+PEFT_EPOCHS = {"adalora": 8, "ia3": 2}
+DEFAULT_WARMUP = {"adalora": 25}
+# method.md 3.4: the AdaLoRA notebook's schedule (steps of its 1120-step run).
+ADALORA_SCHEDULE = {"tinit": 25, "tfinal": 1100, "deltaT": 50, "total_step": 1120}
+
+
+def adalora_schedule(total: int) -> dict:
+    """tinit / tfinal / deltaT for a run of `total` steps: the notebook's, scaled by total / 1120 (a
+    1120-step run gets exactly 25 / 1100 / 50). Its tinit + tfinal exceed total_step, a schedule with no
+    rank-budgeting phase, which peft >= 0.14 refuses; so tfinal is shortened to leave one deltaT of
+    budgeting after the warm-up (1120 steps: 25 / 1045 / 50), the smallest change peft accepts."""
+    paper = ADALORA_SCHEDULE
+    scale = total / paper["total_step"]
+    tinit = max(1, round(paper["tinit"] * scale))
+    delta = max(1, round(paper["deltaT"] * scale))
+    if total < tinit + delta + 1:
+        raise UserError(f"AdaLoRA needs at least {tinit + delta + 1} training steps for its schedule "
+                        f"(warm-up {tinit}, one allocation interval {delta}); this run has {total}")
+    tfinal = min(round(paper["tfinal"] * scale), total - tinit - delta)
+    return {"tinit": tinit, "tfinal": tfinal, "deltaT": delta, "total_step": total}
+
+
+def defaults_key(task: str | None, params: dict | None = None) -> str | None:
+    """The TASK_DEFAULTS key of a task: `add_sub` + {n: 200} -> `add_sub_200` (n defaults to 100, as the
+    generator's); the compositional subtasks train as the compositional task (method.md 5: 4 epochs)."""
+    if not task:
+        return None
+    if task == "add_sub":
+        return f"add_sub_{int((params or {}).get('n') or 100)}"
+    if task.startswith("compositional_"):
+        return "compositional"
+    return task
+
+
+def task_defaults(task: str | None) -> TaskDefaults:
+    """The paper's defaults of a TASK_DEFAULTS key or task name; the fallback for other tasks."""
+    return TASK_DEFAULTS.get(task or "") or TASK_DEFAULTS.get(defaults_key(task) or "", FALLBACK_DEFAULTS)
 
 
 @dataclass
@@ -47,7 +102,8 @@ class TrainConfig:
     max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; overrides epochs."})
     batch_size: int = field(default=8, metadata={"help": "Per-device batch size."})
     grad_accum: int = field(default=4, metadata={"help": "Gradient accumulation (effective batch 32)."})
-    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps."})
+    warmup_steps: int | None = field(default=None, metadata={
+        "help": "Linear warm-up steps; default 50 (method.md 3.1), 25 for AdaLoRA (3.4). Never capped."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     max_length: int | None = field(default=None, metadata={"help": "Token length; default longest + 1."})
     checkpoints: int = field(default=10, metadata={"help": "Evenly spaced checkpoints after step 0."})
@@ -56,6 +112,10 @@ class TrainConfig:
         "Between prompt and answer in the fine-tuning text: the paper's '\\n' (method.md 1.9). Circuits "
         "and accuracy read the prompt without it, so with a tokenizer where '\\n' is a token of its own "
         "the model learns to answer '\\n' after '='; ' ' keeps training and measurement consistent.")})
+    bos: bool = field(default=False, metadata={"help": (
+        "Start each fine-tuning text with BOS, as circuits and accuracy read prompts (method.md 1.9). "
+        "The paper's Pythia text has none (Pythia's tokenizer adds none); a small model trained from "
+        "scratch answers differently after a BOS it never saw.")})
     # CircuitLoRA (analysis/circuitlora.py): peft rank/alpha patterns and AdamW parameter groups.
     rank_pattern: dict | None = field(default=None, metadata={"help": "peft rank_pattern (lora only)."})
     alpha_pattern: dict | None = field(default=None, metadata={"help": "peft alpha_pattern (lora only)."})
@@ -77,6 +137,8 @@ class TrainConfig:
             raise UserError(f"learning rate {self.learning_rate} is out of range (0, 1)")
         if self.max_steps is not None and self.max_steps < self.checkpoints:
             raise UserError(f"--max-steps {self.max_steps} is fewer than --checkpoints {self.checkpoints}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.epochs is not None and self.epochs <= 0:
             raise UserError(f"--epochs must be > 0, got {self.epochs}")
         if (self.rank_pattern or self.alpha_pattern) and self.method != "lora":
@@ -92,16 +154,22 @@ class TrainConfig:
         for key in ("rank_pattern", "alpha_pattern", "lr_groups"):
             if d[key] is None:
                 del d[key]
+        if not d["bos"]:
+            del d["bos"]
         return d
 
     def resolved(self, task: str | None) -> "TrainConfig":
-        """Fill learning rate and epochs from the paper's per-task table."""
-        epochs, lora_lr, full_lr = TASK_DEFAULTS.get(task or "", (2, 3e-4, 8e-6))
-        lr = self.learning_rate
+        """Fill learning rate, epochs and warm-up from the paper's tables (method.md 3.1-3.4). `task` is
+        a TASK_DEFAULTS key (`add_sub_200`; see `defaults_key`) or a task name."""
+        d = task_defaults(task)
+        lr, epochs = self.learning_rate, self.epochs
         if lr is None:
-            lr = full_lr if self.method == "full" else PEFT_LR.get(self.method, lora_lr)
-        return TrainConfig(**{**asdict(self), "learning_rate": lr,
-                              "epochs": self.epochs if self.epochs is not None else epochs})
+            lr = (d.full_lr if self.method == "full" else PEFT_LR.get(self.method)
+                  or (d.lora_lr if self.rank_pattern else d.lora_lr_for(self.rank)))
+        if epochs is None:
+            epochs = PEFT_EPOCHS.get(self.method, d.epochs)
+        warmup = self.warmup_steps if self.warmup_steps is not None else DEFAULT_WARMUP.get(self.method, 50)
+        return TrainConfig(**{**asdict(self), "learning_rate": lr, "epochs": epochs, "warmup_steps": warmup})
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
@@ -109,6 +177,13 @@ def total_steps(cfg: TrainConfig, n_train: int) -> int:
         return cfg.max_steps
     per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
     return max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def check_warmup(warmup: int, total: int) -> None:
+    """The warm-up is applied as given (method.md 3.1: 50 steps), never silently shortened."""
+    if warmup >= total:
+        raise UserError(f"a warm-up of {warmup} steps does not fit in {total} training steps; "
+                        "pass a shorter --warmup-steps")
 
 
 def checkpoint_steps(total: int, n: int) -> list[int]:
@@ -127,15 +202,17 @@ class CausalLMExamples:
     """Tokenized fine-tuning examples: loss on the answer and the trailing EOS padding (method.md 1.9:
     pad = eos and padded positions are not masked, so the model learns to stop)."""
 
-    def __init__(self, pairs: Sequence, tokenizer, max_length: int | None = None, separator: str = "\n"):
+    def __init__(self, pairs: Sequence, tokenizer, max_length: int | None = None, separator: str = "\n",
+                 bos: bool = False):
         import torch
 
         eos = tokenizer.eos_token_id
         if eos is None:
             raise UserError("the tokenizer has no EOS token; fine-tuning needs one for padding")
+        start = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos] if bos else []
         rows = []
         for prompt, answer in training_texts(pairs, separator):
-            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            p = start + tokenizer(prompt, add_special_tokens=False)["input_ids"]
             a = tokenizer(answer, add_special_tokens=False)["input_ids"]
             rows.append((p, a))
         longest = max(len(p) + len(a) for p, a in rows) + 1
@@ -192,11 +269,9 @@ def wrap_for_training(model, cfg: TrainConfig, total: int):
             check_wrapped(wrapped, rank_pattern, alpha_pattern, cfg.rank, 2 * cfg.rank)
             return wrapped
     elif cfg.method == "adalora":
-        # method.md 3.4: init_r 32 -> target_r 16 over the run's own schedule
-        tinit, tfinal = max(1, total // 40), max(2, total // 4)
-        pc = AdaLoraConfig(init_r=2 * cfg.rank if cfg.rank < 32 else 32, target_r=max(1, cfg.rank // 2),
-                           tinit=tinit, tfinal=tfinal, deltaT=max(1, total // 20), beta1=0.85, beta2=0.85,
-                           orth_reg_weight=0.05, total_step=total, lora_alpha=32, lora_dropout=0.0,
+        # method.md 3.4: init_r 32 -> target_r 16 (rank = init_r), the notebook's schedule
+        pc = AdaLoraConfig(init_r=cfg.rank, target_r=max(1, cfg.rank // 2), **adalora_schedule(total),
+                           beta1=0.85, beta2=0.85, orth_reg_weight=0.05, lora_alpha=32, lora_dropout=0.0,
                            target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
     else:
         pc = IA3Config(target_modules=targets, feedforward_modules=FEEDFORWARD_MODULES[model_type],

@@ -19,7 +19,7 @@ from pathlib import Path
 from analysis.checkpoint import ScoringConfig
 from analysis.circuitlora import CircuitLoRAPlan, ModelShape, build_plan, paper_critical_lr, random_layers
 from analysis.errors import UserError
-from analysis.training import PEFT_LR, TASK_DEFAULTS, TrainConfig
+from analysis.training import TrainConfig, defaults_key, task_defaults
 from queries import experiments as X
 from queries import library as Q
 from queries.api import CircuitDefinition, Store, parse_ref
@@ -73,8 +73,16 @@ def _write(driver, database, statement, **params):
 
 # -- plans -------------------------------------------------------------------------------------------
 
+def data_defaults_key(data: str, task: str | None = None) -> str | None:
+    """The per-task defaults key (method.md 3.3) of a dataset folder: its manifest's task and params
+    (Add/Sub 200 -> add_sub_200), else `task`."""
+    from analysis.datasets import dataset_provenance
+    manifest = dataset_provenance(data) if Path(data).exists() else {}
+    return defaults_key(manifest.get("task") or task, manifest.get("params"))
+
+
 def default_lrs(task: str | None, r_c: int, lr_other: float | None, lr_critical: float | None) -> tuple[float, float]:
-    other = lr_other if lr_other is not None else TASK_DEFAULTS.get(task or "", (2, 3e-4, 8e-6))[1]
+    other = lr_other if lr_other is not None else task_defaults(task).lora_lr
     critical = lr_critical if lr_critical is not None else paper_critical_lr(task, r_c, other)
     return float(other), float(critical)
 
@@ -208,7 +216,8 @@ def run_auto(driver, database, s: RunSettings, run_id: str, *, top: int = 5, r_o
              lr_critical: float | None = None, random_k: int | None = None, phase1_epochs: float = 1.0,
              phase1_steps: int | None = None, task: str | None = None, progress=False, echo=print) -> dict:
     """Phase 1 -> plan -> phase 2 in one call, all stored. With `random_k`: RandomLoRA (no phase 1)."""
-    lr_other = s.train.resolved(task).learning_rate if s.train.method == "lora" else None
+    # CircuitLoRA's non-critical modules: the paper's LoRA lr of the task (3e-4), not a rank-specific one
+    lr_other = s.train.learning_rate or task_defaults(data_defaults_key(s.data, task)).lora_lr
     if random_k:
         plan = random_plan(s.model, random_k, s.train.seed, r_o=r_o, r_c=r_c, lr_other=lr_other,
                            lr_critical=lr_critical, task=task)
@@ -261,9 +270,10 @@ def run_experiment(driver, database, cfg: ExperimentConfig, progress=False, echo
     run in the store, and return the table computed from the store."""
     ensure_schema(driver, database)
     s, task = cfg.settings, cfg.task
-    base = s.train.resolved(task)
-    lora_lr = cfg.lr if cfg.lr is not None else base.learning_rate
-    settings = {"train": s.train.record(), "scoring": asdict(s.scoring), "top": cfg.top, "lr": lora_lr,
+    # --lr for every LoRA-family run; by default each LoRA run gets the paper's lr for its rank and task
+    # (method.md 3.3), and CircuitLoRA/RandomLoRA's non-critical modules the task's LoRA lr
+    lora_lr = cfg.lr if cfg.lr is not None else task_defaults(data_defaults_key(s.data, task)).lora_lr
+    settings = {"train": s.train.record(), "scoring": s.scoring.record(), "top": cfg.top, "lr": cfg.lr,
                 "full_lr": cfg.full_lr, "adalora_lr": cfg.adalora_lr, "lr_critical": cfg.lr_critical,
                 "phase1_epochs": cfg.phase1_epochs, "phase1_steps": cfg.phase1_steps, "data": s.data}
     _write(driver, database, X.MERGE_EXPERIMENT, id=cfg.experiment, task=task, model=s.model,
@@ -313,7 +323,7 @@ def run_experiment(driver, database, cfg: ExperimentConfig, progress=False, echo
                               learning_rate=cfg.adalora_lr if cfg.adalora_lr is not None else None)
                 out = _ingest(driver, database, rs, run_id, train, progress, quiet)
             elif p["kind"] == "lora":
-                train = _with(rs.train, method="lora", rank=p["rank"], learning_rate=lora_lr)
+                train = _with(rs.train, method="lora", rank=p["rank"], learning_rate=cfg.lr)
                 out = _ingest(driver, database, rs, run_id, train, progress, quiet)
             elif p["kind"] == "circuitlora":
                 out = train_plan(driver, database, plans[(p["r_o"], p["r_c"])], rs, run_id, progress, quiet)
@@ -324,7 +334,7 @@ def run_experiment(driver, database, cfg: ExperimentConfig, progress=False, echo
             tag(run_id, label, seed, out)
             final = Store(driver, database).read(Q.CHECKPOINT_METRICS, run=run_id)[-1]
             echo(f"seed {seed}  {display_label(label):<22} step {final['step']:>4}: accuracy "
-                 f"{100 * final['accuracy']:6.2f}%  ({time.perf_counter() - t0:.0f} s)")
+                 f"{final['accuracy']:6.2f}%  ({time.perf_counter() - t0:.0f} s)")
     table = experiment_table(Store(driver, database), cfg.experiment)
     table["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     return table
@@ -343,8 +353,8 @@ def experiment_table(store: Store, experiment: str) -> dict:
     for r in rows:
         std = r["std"] if r["n"] > 1 else None
         table.append({"method": display_label(r["label"]), "label": r["label"], "seeds": r["n"],
-                      "accuracy_mean_%": round(100 * r["mean"], 2),
-                      "accuracy_std_%": None if std is None else round(100 * std, 2),
+                      "accuracy_mean_%": round(r["mean"], 2),  # stored in percent
+                      "accuracy_std_%": None if std is None else round(std, 2),
                       "parameter_ratio_%": round(100 * r["parameter_ratio"], 4)})
     per_run = store.read(X.EXPERIMENT_RUNS, experiment=experiment)
     return {"experiment": experiment, "task": info[0]["task"], "model": info[0]["model"],

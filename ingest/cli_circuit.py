@@ -142,7 +142,7 @@ def evaluate_cmd(model_path, data_path, split, batch_size, device, dtype, quiet,
     click.echo(f"circuit {circuit_path.name}: {r.n_edges} q/k/v-level edges (after pruning), {r.n_examples} examples")
     for m, f in r.by_metric.items():
         click.echo(f"faithfulness ({m}): {f.percent:.2f}%   F(M) = {f.f_model:.6g}   F(C) = {f.f_circuit:.6g}")
-    click.echo(f"circuit accuracy: {100 * r.circuit_accuracy:.2f}%   model accuracy: {100 * r.model_accuracy:.2f}%")
+    click.echo(f"circuit accuracy: {r.circuit_accuracy:.2f}%   model accuracy: {r.model_accuracy:.2f}%")
 
 
 @circuit.command("curve")
@@ -171,5 +171,5 @@ def curve(model_path, data_path, split, batch_size, device, dtype, quiet, scores
                         f"the model's {adapter.n_layers} x {adapter.n_heads}")
     points = faithfulness_curve(adapter, scores, pairs, values, spec, metric, batch_size, progress=not quiet)
     rows = [{"top_frac": p.frac, "edges": p.n_edges, "faithfulness_percent": round(p.faithfulness, 2),
-             "circuit_accuracy": round(p.circuit_accuracy, 4)} for p in points]
+             "circuit_accuracy_percent": round(p.circuit_accuracy, 2)} for p in points]
     click.echo(json.dumps({"metric": metric, "points": rows}, indent=2) if as_json else rows_table(rows))

@@ -28,6 +28,8 @@ def ingest():
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--grad-accum", type=int, default=4, show_default=True)
+@click.option("--warmup-steps", type=int, default=None,
+              help="Linear warm-up steps (default 50, AdaLoRA 25: method.md 3.1, 3.4); never shortened.")
 @click.option("--checkpoints", type=int, default=10, show_default=True, help="Checkpoints after step 0.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--separator", default="\n", show_default="newline",
@@ -36,11 +38,16 @@ def ingest():
 @click.option("--ig-steps", type=int, default=5, show_default=True, help="EAP-IG steps m.")
 @click.option("--score-batch-size", type=int, default=32, show_default=True)
 @click.option("--top-frac", type=float, default=0.05, show_default=True, help="Circuit size before pruning.")
+@click.option("--top-n", type=int, default=None,
+              help="Circuit = the top N edges before pruning, instead of --top-frac (for small graphs).")
 @click.option("--max-examples", type=int, default=None, help="Score on at most N circuit-split pairs.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--save-merged", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write the final fine-tuned model (adapters merged) to this folder, for `robustness`.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(model, task, data_dir, n, count, method, rank, lr, epochs, max_steps, batch_size, grad_accum,
-        checkpoints, seed, separator, run_id, ig_steps, score_batch_size, top_frac, max_examples, device, quiet):
+        warmup_steps, checkpoints, seed, separator, run_id, ig_steps, score_batch_size, top_frac, top_n,
+        max_examples, device, save_merged, quiet):
     """Fine-tune MODEL on a task; at step 0 and every checkpoint, score, evaluate and store its circuit."""
     from analysis.checkpoint import ScoringConfig
     from analysis.training import TrainConfig
@@ -48,11 +55,46 @@ def run(model, task, data_dir, n, count, method, rank, lr, epochs, max_steps, ba
     if (task is None) == (data_dir is None):
         raise UserError("give exactly one of --task or --data")
     train = TrainConfig(method=method, rank=rank, learning_rate=lr, epochs=epochs, max_steps=max_steps,
-                        batch_size=batch_size, grad_accum=grad_accum, checkpoints=checkpoints, seed=seed,
-                        separator=separator)
-    scoring = ScoringConfig(steps=ig_steps, batch_size=score_batch_size, top_frac=top_frac,
+                        batch_size=batch_size, grad_accum=grad_accum, warmup_steps=warmup_steps,
+                        checkpoints=checkpoints, seed=seed, separator=separator)
+    scoring = ScoringConfig(steps=ig_steps, batch_size=score_batch_size, top_frac=top_frac, top_n=top_n,
                             max_examples=max_examples)
-    run_ingest_cli(model, task, data_dir, n, count, train, scoring, run_id, device, quiet)
+    result = run_ingest_cli(model, task, data_dir, n, count, train, scoring, run_id, device, quiet)
+    if save_merged is not None:
+        from ingest.job import export_model
+        info = export_model(result["state_dir"], result["run"], save_merged)
+        click.echo(f"fine-tuned model (step {info['step']}, {info['method']}, merged) written to {save_merged}")
+
+
+@ingest.command("export-model")
+@click.argument("run_id")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the merged model and its tokenizer.")
+def export_model_cmd(run_id, out):
+    """Write RUN_ID's final fine-tuned model (LoRA merged) as a model folder, e.g. for `robustness`."""
+    from ingest.job import export_model
+    from queries.server.local import default_state_dir
+    info = export_model(default_state_dir(), run_id, out)
+    click.echo(f"run {run_id}: step {info['step']} ({info['method']}, merged) written to {out}")
+
+
+@ingest.command("replay")
+@click.argument("run_id", required=False)
+def replay_cmd(run_id):
+    """Write spooled checkpoints (kept while the store was unavailable during `ingest run`) into the
+    store, in order and idempotently; RUN_ID limits it to one run. Damaged files are reported and kept."""
+    from queries.connection import session_driver
+    from queries.server.local import default_state_dir
+    from queries.spool import pending, replay
+
+    spool = default_state_dir() / "spool"
+    if not pending(spool, run_id):
+        click.echo(f"nothing spooled{' for run ' + run_id if run_id else ''} in {spool}")
+        return
+    with session_driver() as (driver, database):
+        rep = replay(driver, database, spool, run_id)
+    click.echo(f"replayed {len(rep.written)} checkpoint(s), {len(rep.skipped)} already stored, "
+               f"{len(rep.remaining)} still spooled")
 
 
 def run_ingest_cli(model, task, data_dir, n, count, train, scoring, run_id, device, quiet,
@@ -72,7 +114,7 @@ def run_ingest_cli(model, task, data_dir, n, count, train, scoring, run_id, devi
         result = run_ingest(cfg, driver, database, progress=not quiet, echo=click.echo)
         click.echo("")
         print_summary(summary(Store(driver, database), run_id), echo=click.echo)
-    return result
+    return {**result, "state_dir": str(state)}
 
 
 def make_task_data(task: str, n, count, model: str, state: Path) -> Path:

@@ -19,15 +19,19 @@ def definition_options(f):
                   help="Keep edges with |score| >= the P-th percentile of |score|.")
     @click.option("--level", type=click.Choice(["qkv", "head"]), default="head", show_default=True,
                   help="q/k/v-level edges, or head level (q/k/v summed, as the paper).")
+    @click.option("--no-prune", is_flag=True,
+                  help="Keep the selected edges as they are (default: prune dead nodes, as the method does).")
     @functools.wraps(f)
-    def wrapper(*args, top_frac, top_n, threshold, percentile, level, **kwargs):
+    def wrapper(*args, top_frac, top_n, threshold, percentile, level, no_prune, **kwargs):
         from queries.api import CircuitDefinition
         given = {k: v for k, v in {"top_frac": top_frac, "top_n": top_n, "threshold": threshold,
                                    "percentile": percentile}.items() if v is not None}
         if len(given) > 1:
             raise UserError("choose one of --top-frac, --top-n, --threshold, --percentile")
+        if no_prune and not given:
+            raise UserError("--no-prune applies to --top-frac, --top-n, --threshold or --percentile")
         mode, value = next(iter(given.items())) if given else ("in_graph", None)
-        kwargs["definition"] = CircuitDefinition(mode, value, level)
+        kwargs["definition"] = CircuitDefinition(mode, value, level, prune=not no_prune)
         return f(*args, **kwargs)
     return wrapper
 
@@ -48,7 +52,8 @@ def query():
 
     A circuit is RUN:STEP. Without a definition flag a circuit is the checkpoint's stored circuit (what
     the method kept, e.g. top 5% then pruning); --top-frac/--top-n/--threshold/--percentile choose
-    another from all stored scores. Every query runs from Python too: queries.api.Store.
+    another from all stored scores, pruned of dead nodes as the method's circuit is (--no-prune keeps
+    the raw selection). Every query runs from Python too: queries.api.Store.
     """
 
 
@@ -179,9 +184,10 @@ def runs(store, fmt):
 @format_option
 @with_store
 def metrics(store, run, fmt):
-    """Accuracy, faithfulness and circuit size at each checkpoint of RUN."""
+    """Accuracy, circuit accuracy and faithfulness (percent) and circuit size at each checkpoint of RUN."""
     from queries import library as Q
-    emit({"checkpoints": store.read(Q.CHECKPOINT_METRICS, run=run)}, fmt, "checkpoints")
+    emit({"checkpoints": store.read(Q.CHECKPOINT_METRICS, run=run),
+          "units": "accuracy, circuit_accuracy and faithfulness in percent (0-100)"}, fmt, "checkpoints")
 
 
 @click.command()

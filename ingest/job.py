@@ -13,6 +13,8 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import sys
+
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,8 +52,16 @@ class CircuitCheckpointCallback(TrainerCallback):
 
     def __init__(self, driver, database: str | None, run: RunRecord, tokenizer, pairs: Sequence,
                  steps: Sequence[int], scoring: ScoringConfig | None = None, progress: bool = False,
-                 on_checkpoint=None):
-        self.writer = CircuitWriter(driver, database)
+                 on_checkpoint=None, spool_dir: str | Path | None = None, background: bool = True):
+        # The store may blink during hours of training: checkpoints are spooled to disk while it is
+        # unavailable and replayed when it is back (queries/spool.py); writes run off the training
+        # path in a bounded background queue (queries/background.py).
+        from queries.background import BackgroundWriter
+        from queries.spool import SpoolingWriter
+
+        spooling = SpoolingWriter(CircuitWriter(driver, database), Path(spool_dir) if spool_dir else None,
+                                  echo=lambda msg: print(msg, file=sys.stderr))
+        self.writer = BackgroundWriter(spooling) if background else spooling
         self.run = run
         self.tokenizer = tokenizer
         self.pairs = list(pairs)
@@ -62,6 +72,7 @@ class CircuitCheckpointCallback(TrainerCallback):
         self._arch = None
         self._done: set[int] | None = None
         self.written: list[int] = []
+        self._closed, self._left = False, []
 
     def _ensure(self, model):
         if self._arch is None:
@@ -84,6 +95,20 @@ class CircuitCheckpointCallback(TrainerCallback):
         self.written.append(step)
         if self.on_checkpoint is not None:
             self.on_checkpoint(step, meta)
+
+    def close(self) -> list:
+        """Write what is queued and replay the spool if the store is back; returns what is still
+        spooled (one line each is printed by the caller). Raises a write error, never loses it."""
+        if self._closed:
+            return self._left
+        self._closed = True
+        left = self.writer.close() if hasattr(self.writer, "close") else self.writer.flush()
+        self._left = list(left or [])
+        return self._left
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.close()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0 and 0 in self.steps and state.is_world_process_zero:
@@ -114,40 +139,16 @@ class IngestConfig:
         d = asdict(self)
         d.pop("state_dir")
         d.pop("device")
+        d["scoring"] = self.scoring.record()
         return d
 
 
-def _model_revision(name: str, config) -> str:
-    from analysis.provenance import file_hash
-    path = Path(name)
-    if path.is_dir():
-        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-        if weights and sum(w.stat().st_size for w in weights) < 2 ** 31:
-            return "sha256:" + "+".join(file_hash(w)[:16] for w in weights)
-        return "local:" + ",".join(f"{w.name}:{w.stat().st_size}" for w in weights)
-    return getattr(config, "_commit_hash", None) or "unknown"
-
-
 def load_for_training(name: str, device: str):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer, info) to train: any source the one loader accepts (a folder, a .gguf file, a
+    shipped model, a hub name), in float32, with the revision (weights or GGUF sha256) in ``info``."""
+    from analysis.models import load_causal_lm
 
-    from analysis.adapter import check_supported
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    p = Path(name).expanduser()
-    if (name.startswith((".", "/", "~")) or name.count("/") > 1) and not p.exists():
-        raise UserError(f"model path {name} does not exist")
-    try:
-        config = AutoConfig.from_pretrained(str(p) if p.exists() else name)
-        check_supported(getattr(config, "model_type", None))
-        model = AutoModelForCausalLM.from_pretrained(str(p) if p.exists() else name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(p) if p.exists() else name)
-    except OSError as exc:
-        raise UserError(f"cannot load model {name!r}: {' '.join(str(exc).split())[:300]}") from None
-    return model.to(device), tokenizer, config
+    return load_causal_lm(name, dtype="float32", device=device, trainable=True)
 
 
 def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool = True,
@@ -158,8 +159,8 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
 
     from analysis.datasets import dataset_provenance, load_split
     from analysis.provenance import code_version, content_hash, package_versions
-    from analysis.training import (CausalLMExamples, build_optimizer, checkpoint_steps, total_steps,
-                                   trainable_parameters, wrap_for_training)
+    from analysis.training import (CausalLMExamples, build_optimizer, check_warmup, checkpoint_steps,
+                                   defaults_key, total_steps, trainable_parameters, wrap_for_training)
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = Path(cfg.data)
@@ -168,26 +169,31 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
     train_pairs, circuit_pairs = load_split(data, "finetune"), load_split(data, "circuit")
     manifest = dataset_provenance(data)
     task = cfg.task or manifest.get("task")
-    train_cfg = cfg.train.resolved(task)
+    defaults = cfg.task or defaults_key(manifest.get("task"), manifest.get("params"))
+    train_cfg = cfg.train.resolved(defaults)
     total = total_steps(train_cfg, len(train_pairs))
     steps = checkpoint_steps(total, train_cfg.checkpoints)
+    check_warmup(train_cfg.warmup_steps, total)
 
     torch.manual_seed(train_cfg.seed)
-    model, tokenizer, config = load_for_training(cfg.model, device)
-    examples = CausalLMExamples(train_pairs, tokenizer, train_cfg.max_length, train_cfg.separator)
+    model, tokenizer, model_info = load_for_training(cfg.model, device)
+    examples = CausalLMExamples(train_pairs, tokenizer, train_cfg.max_length, train_cfg.separator,
+                                train_cfg.bos)
     model = wrap_for_training(model, train_cfg, total)
     trainable, n_params = trainable_parameters(model)
     resolved = {**cfg.resolved_dict(), "train": train_cfg.record(), "total_steps": total,
                 "checkpoint_steps": steps, "dataset_hash": manifest.get("content_hash")}
     run = RunRecord(
-        id=cfg.run_id, model=cfg.model, revision=_model_revision(cfg.model, config), task=task or "",
+        id=cfg.run_id, model=cfg.model, revision=model_info.revision, task=task or "",
         dataset_hash=manifest.get("content_hash_now") or manifest.get("content_hash", ""),
         data_split="finetune -> training; circuit -> scoring and accuracy", method=train_cfg.method,
         hparams={**train_cfg.record(), "total_steps": total, "max_length": examples.max_length,
+                 "task_defaults": defaults,
                  "trainable_parameters": trainable, "total_parameters": n_params,
                  "parameter_ratio": trainable / n_params},  # trainable / (base + trainable), method.md 3.2
         seed=train_cfg.seed, code_version=code_version(),
-        extra={"scoring": asdict(cfg.scoring), "checkpoint_steps": steps, "dataset": manifest,
+        extra={"scoring": cfg.scoring.record(), "checkpoint_steps": steps, "dataset": manifest,
+               "model_source": model_info.as_dict(),
                "packages": package_versions(), "device": device, "data_path": str(data)},
         config_hash=content_hash(resolved))
 
@@ -196,16 +202,17 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
     (out_dir.parent / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
 
     def report(step, meta):
-        echo(f"checkpoint {step:>5}: accuracy {meta['accuracy']:.3f}  faithfulness "
+        echo(f"checkpoint {step:>5}: accuracy {meta['accuracy']:.1f}%  faithfulness "
              f"{meta['faithfulness']:.1f}%  circuit {meta['n_circuit_edges']} edges / "
              f"{meta['n_circuit_nodes']} nodes  ({meta['checkpoint_seconds']:.1f} s)")
 
     callback = CircuitCheckpointCallback(driver, database, run, tokenizer, circuit_pairs, steps,
-                                         cfg.scoring, progress=progress, on_checkpoint=report)
+                                         cfg.scoring, progress=progress, on_checkpoint=report,
+                                         spool_dir=Path(cfg.state_dir) / "spool")
     args = TrainingArguments(
         output_dir=str(out_dir), per_device_train_batch_size=train_cfg.batch_size,
         gradient_accumulation_steps=train_cfg.grad_accum, learning_rate=train_cfg.learning_rate,
-        weight_decay=train_cfg.weight_decay, warmup_steps=min(train_cfg.warmup_steps, max(1, total // 5)),
+        weight_decay=train_cfg.weight_decay, warmup_steps=train_cfg.warmup_steps,
         max_steps=total, lr_scheduler_type="linear", logging_steps=max(1, total // 50),
         save_strategy="no", save_total_limit=2, seed=train_cfg.seed, data_seed=train_cfg.seed,
         report_to=[], use_cpu=(device == "cpu"), disable_tqdm=not progress, dataloader_num_workers=0,
@@ -231,6 +238,9 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
             if train_cfg.method == "full":
                 _load_full_weights(model, last)
         trainer.train(resume_from_checkpoint=last)
+    for entry in callback.close():  # what the store could not take yet stays in the spool
+        echo(f"still spooled (the store was unavailable): run {entry.run} step {entry.step}: {entry.path}; "
+             f"replay with `circuitshift ingest replay {entry.run}`")
     return {"run": cfg.run_id, "steps": steps, "written": callback.written, "total_steps": total,
             "trainable_parameters": trainable, "total_parameters": n_params,
             "parameter_ratio": trainable / n_params, "device": device}
@@ -275,6 +285,41 @@ def last_complete_checkpoint(out_dir: Path) -> str | None:
     return str(best) if best else None
 
 
+def export_model(state_dir: Path | str, run_id: str, out: Path | str) -> dict:
+    """Write RUN's fine-tuned model, from its final saved training state with LoRA (AdaLoRA, IA3)
+    adapters merged, as a plain model folder with the base model's tokenizer: what `circuitshift
+    robustness --model finetuned=OUT` loads. Returns what was written."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from analysis.models import load_causal_lm, load_tokenizer
+
+    run_dir = Path(state_dir) / "runs" / run_id
+    if not (run_dir / "config.json").exists():
+        raise UserError(f"no training state for run {run_id!r} under {Path(state_dir)}; was it trained here?")
+    config = json.loads((run_dir / "config.json").read_text())
+    last = last_complete_checkpoint(run_dir / "trainer")
+    step = int(Path(last).name.split("-")[1]) if last else None
+    if step != config["total_steps"]:
+        raise UserError(f"run {run_id!r} has no saved final training state (step {config['total_steps']}); "
+                        "finish it with `circuitshift ingest run` first")
+    method = config["train"]["method"]
+    if method == "full":  # the checkpoint is the whole model
+        model = AutoModelForCausalLM.from_pretrained(last, dtype=torch.float32)
+    else:
+        from peft import PeftModel
+        base, _, _ = load_causal_lm(config["model"], dtype="float32", trainable=True)
+        model = PeftModel.from_pretrained(base, last).merge_and_unload()
+    tokenizer = load_tokenizer(config["model"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    info = {"run": run_id, "step": step, "method": method, "base_model": config["model"], "out": str(out)}
+    (out / "circuitshift_export.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
 def _quiet_logs(trainer, progress: bool) -> None:
     """Keep the loss in `log_history` (stored with each checkpoint) without printing every log dict."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -315,10 +360,15 @@ def summary(store, run: str) -> dict:
     return out
 
 
+def _pct(x):
+    """A stored percentage (0..100) as printed: one decimal."""
+    return None if x is None else round(float(x), 1)
+
+
 def print_summary(s: dict, echo=print) -> None:
     from ingest.output import rows_table
-    rows = [{"step": m["step"], "epoch": round(m["epoch"] or 0, 2), "accuracy": m["accuracy"],
-             "circuit_acc": m["circuit_accuracy"], "faithfulness_%": m["faithfulness"],
+    rows = [{"step": m["step"], "epoch": round(m["epoch"] or 0, 2), "accuracy_%": _pct(m["accuracy"]),
+             "circuit_accuracy_%": _pct(m["circuit_accuracy"]), "faithfulness_%": _pct(m["faithfulness"]),
              "circuit_edges": m["n_in_graph"]} for m in s["checkpoints"]]
     echo(rows_table(rows, f"run {s['run']}: checkpoints"))
     if "churn" in s:

@@ -13,17 +13,24 @@ from typing import Literal
 from analysis.errors import UserError
 from queries import library as Q
 from queries.components import Architecture
+from queries.prune import prune_keys
 
 Mode = Literal["in_graph", "top_n", "top_frac", "threshold", "percentile"]
 
 
 @dataclass(frozen=True)
 class CircuitDefinition:
-    """Which scored edges of a checkpoint form its circuit, chosen after the fact."""
+    """Which scored edges of a checkpoint form its circuit, chosen after the fact.
+
+    A chosen prefix (top_n, top_frac, threshold, percentile) is pruned of dead nodes by default, as
+    the method's circuit is (method.md 2.4): `top_frac 0.05` is then the checkpoint's stored circuit.
+    `prune=False` keeps the raw prefix. Pruning runs at the stored level, before any head collapse.
+    """
 
     mode: Mode = "in_graph"
     value: float | None = None
     level: Literal["qkv", "head"] = "head"
+    prune: bool = True
 
     def __post_init__(self):
         v = self.value
@@ -44,9 +51,13 @@ class CircuitDefinition:
         if self.mode not in ("top_n", "top_frac", "threshold", "percentile"):
             raise UserError(f"unknown circuit definition {self.mode!r}")
 
+    @property
+    def pruned(self) -> bool:
+        return self.prune and self.mode != "in_graph"
+
     def params(self) -> dict:
         value = self.value if self.value is not None else 0.0
-        return {"mode": self.mode, "value": float(value), "level": self.level}
+        return {"mode": self.mode, "value": float(value), "level": self.level, "ranks": {}}
 
     def describe(self) -> str:
         if self.mode == "in_graph":
@@ -55,6 +66,7 @@ class CircuitDefinition:
             what = {"top_n": "top {:g} edges", "top_frac": "top {:g} of edges",
                     "threshold": "|score| >= {:g}",
                     "percentile": "|score| >= percentile {:g}"}[self.mode].format(self.value)
+            what += ", pruned" if self.prune else ", not pruned"
         return f"{what}, {self.level} level"
 
 
@@ -81,6 +93,10 @@ def parse_ref(text: str) -> tuple[str, int]:
         raise UserError(f"circuit {text!r}: STEP must be an integer") from None
 
 
+def _arch(row: dict) -> Architecture:
+    return Architecture(row["n_layers"], row["n_heads"], row["parallel"], row.get("n_kv_heads"))
+
+
 class Store:
     """Runs the library's statements on one database (READ routing: works on clusters and Aura)."""
 
@@ -104,8 +120,7 @@ class Store:
             raise UserError(f"run {run!r} has no complete checkpoint at step {step}; "
                             f"steps: {known[0]['steps']}")
         r = rows[0]
-        arch = Architecture(r["n_layers"], r["n_heads"], r["parallel"])
-        return CircuitRef(run, step, r["uid"], r["level"], arch)
+        return CircuitRef(run, step, r["uid"], r["level"], _arch(r))
 
     def _pair(self, a: str, b: str, definition: CircuitDefinition) -> tuple[CircuitRef, CircuitRef]:
         ra, rb = self.resolve(a), self.resolve(b)
@@ -125,9 +140,26 @@ class Store:
     def _arch_params(arch: Architecture) -> dict:
         return {"n_comp": arch.n_components, "hp1": arch.n_heads + 1, "n_layers": arch.n_layers}
 
+    def selection(self, definition: CircuitDefinition, uids: list[int], arch: Architecture) -> dict:
+        """The definition's Cypher parameters for these checkpoints. A pruned definition is resolved
+        here: each checkpoint's selected prefix is read, pruned (queries/prune.py) and passed as the
+        ranks to keep ($mode 'ranks')."""
+        params = definition.params()
+        if not definition.pruned:
+            return params
+        ranks = {}
+        for r in self.read(Q.SELECTED_PREFIX, uids=list(uids), **params):
+            kept = prune_keys(arch, r["keys"])
+            if not kept:
+                raise UserError(f"{r['run']}:{r['step']}: {definition.describe()} selects {len(r['keys'])} "
+                                "edge(s) that prune to an empty circuit; select more edges or use --no-prune")
+            ranks[str(r["uid"])] = [i + 1 for i in kept]
+        return {**params, "mode": "ranks", "ranks": ranks}
+
     def _two(self, statement, a, b, definition, **extra):
         ra, rb = self._pair(a, b, definition)
-        rows = self.read(statement, uids=[ra.uid, rb.uid], **definition.params(),
+        uids = [ra.uid, rb.uid]
+        rows = self.read(statement, uids=uids, **self.selection(definition, uids, ra.arch),
                          **self._arch_params(ra.arch), **extra)
         return ra, rb, rows
 
@@ -145,8 +177,8 @@ class Store:
             raise UserError(f"run {run!r} has {len(info['steps'])} complete checkpoint(s); churn needs 2+")
         for step, level in zip(info["steps"], info["levels"]):
             self._check_level(level, definition, f"{run}:{step}")
-        arch = Architecture(info["n_layers"], info["n_heads"], info["parallel"])
-        params = dict(run=run, **definition.params(), **self._arch_params(arch))
+        arch = _arch(info)
+        params = dict(run=run, **self.selection(definition, info["uids"], arch), **self._arch_params(arch))
         edges = self.read(Q.CHURN_EDGES, **params)
         nodes = self.read(Q.CHURN_NODES, **params)
         steps = info["steps"]
@@ -259,7 +291,7 @@ class Store:
     def circuit_edges(self, ref: str, definition: CircuitDefinition) -> tuple[CircuitRef, list[dict]]:
         r = self.resolve(ref)
         self._check_level(r.level, definition, r.name)
-        rows = self.read(Q.CIRCUIT_EDGES, uids=[r.uid], **definition.params())
+        rows = self.read(Q.CIRCUIT_EDGES, uids=[r.uid], **self.selection(definition, [r.uid], r.arch))
         return r, rows
 
 

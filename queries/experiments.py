@@ -8,7 +8,8 @@ Data model (adds to queries/schema.py):
      -[:HAS_RUN {label, seed}]->(:Run {experiment, label, parameter_ratio, trainable_parameters})
 
 The comparison table (Table 1 form) is computed here, from the runs' final complete checkpoints: the mean
-and the sample standard deviation over seeds with Cypher's avg() and stDev().
+and the sample standard deviation over seeds with Cypher's avg() and stDev(), in the stored unit of
+accuracy (percent, 0-100).
 """
 
 from __future__ import annotations

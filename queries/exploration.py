@@ -216,8 +216,8 @@ def view_id(a: str, b: str) -> str:
 def diff_edges(store, a: str, b: str, definition, pct: float = 95.0) -> dict:
     """The Fig. 3 difference with kept edges: rows {key, name, src, dst, status, s} + components."""
     ra, rb = store._pair(a, b, definition)
-    rows = store.read(DIFF_EDGES, uids=[ra.uid, rb.uid], pct=float(pct), **definition.params(),
-                      **store._arch_params(ra.arch))
+    rows = store.read(DIFF_EDGES, uids=[ra.uid, rb.uid], pct=float(pct),
+                      **store.selection(definition, [ra.uid, rb.uid], ra.arch), **store._arch_params(ra.arch))
     arch, level = ra.arch, definition.level
     for r in rows:
         r["name"] = arch.edge_name(r["key"] * 4 if level == "head" else r["key"])

@@ -7,7 +7,10 @@ Common parameters
     $mode, $value   the circuit definition: 'in_graph' (the checkpoint's own circuit: what the method
                     kept, e.g. top 5% then pruning), 'top_n' (value = n), 'top_frac' (value = fraction),
                     'threshold' (keep |score| >= value), 'percentile' (keep |score| >= the value-th
-                    percentile of |score| over all scored edges, linear interpolation).
+                    percentile of |score| over all scored edges, linear interpolation); each of these
+                    four is a prefix of the rank-ordered arrays. 'ranks': the 1-based ranks in
+                    $ranks[toString(uid)] (a pruned prefix, computed by queries.api.Store).
+    $ranks          {uid as string: [rank, ...]}; read only when $mode = 'ranks' ({} otherwise).
     $level          'qkv' (edges into heads split into q/k/v) or 'head' (the paper's collapse: the three
                     selected edges of one head pair summed, method.md 2.4).
     $n_comp, $hp1, $n_layers
@@ -23,9 +26,12 @@ from __future__ import annotations
 
 # -- fragments -------------------------------------------------------------------------------------
 
+# The ranks of a checkpoint's own circuit, or those the caller chose ($mode = 'ranks').
+_OWN_RANKS = "CASE WHEN $mode = 'ranks' THEN $ranks[toString(c.uid)] ELSE c.in_graph END"
+
 # Expects `c` (a Checkpoint) and `pos` in scope.
 _SELECT = """
-WITH c, pos, c.keys AS keys, c.scores AS scores, c.in_graph AS in_graph, c.n_edges AS n
+WITH c, pos, c.keys AS keys, c.scores AS scores, """ + _OWN_RANKS + """ AS in_graph, c.n_edges AS n
 WITH c, pos, keys, scores, in_graph, n,
      CASE WHEN $mode = 'percentile' AND n > 1
           THEN ($value / 100.0) * (n - 1) ELSE 0.0 END AS x
@@ -37,6 +43,7 @@ WITH c, pos, keys, scores, in_graph, n,
 WITH c, pos, keys, scores, in_graph,
      CASE $mode
        WHEN 'in_graph' THEN -1
+       WHEN 'ranks' THEN -1
        WHEN 'top_n' THEN toInteger($value)
        WHEN 'top_frac' THEN toInteger(floor($value * n))
        ELSE size([s IN scores WHERE abs(s) >= t]) END AS cut
@@ -60,10 +67,11 @@ WITH c, pos, n_pos, keys, scores, n,
 WITH c, pos, n_pos, keys,
      CASE $mode
        WHEN 'in_graph' THEN -1
+       WHEN 'ranks' THEN -1
        WHEN 'top_n' THEN toInteger($value)
        WHEN 'top_frac' THEN toInteger(floor($value * n))
        ELSE size([s IN scores WHERE abs(s) >= t]) END AS cut
-UNWIND CASE WHEN cut < 0 THEN [r IN c.in_graph | r - 1] ELSE range(0, cut - 1) END AS i
+UNWIND CASE WHEN cut < 0 THEN [r IN """ + _OWN_RANKS + """ | r - 1] ELSE range(0, cut - 1) END AS i
 WITH DISTINCT pos, n_pos, CASE $level WHEN 'head' THEN keys[i] / 4 ELSE keys[i] END AS key
 """
 
@@ -117,7 +125,8 @@ RESOLVE_CHECKPOINT = """
 MATCH (r:Run {id: $run})-[:HAS_CHECKPOINT]->(c:Checkpoint {step: $step}) WHERE c.complete
 MATCH (r)-[:ON_ARCH]->(a:Architecture)
 RETURN c.uid AS uid, c.level AS level, c.n_edges AS n_edges, a.key AS arch, a.n_layers AS n_layers,
-       a.n_heads AS n_heads, a.n_components AS n_comp, a.parallel_attn_mlp AS parallel
+       a.n_heads AS n_heads, a.n_components AS n_comp, a.parallel_attn_mlp AS parallel,
+       a.n_kv_heads AS n_kv_heads
 """
 
 RUN_INFO = """
@@ -125,7 +134,8 @@ MATCH (r:Run {id: $run})-[:ON_ARCH]->(a:Architecture)
 OPTIONAL MATCH (r)-[:HAS_CHECKPOINT]->(c:Checkpoint) WHERE c.complete
 WITH r, a, c ORDER BY c.step
 RETURN a.key AS arch, a.n_layers AS n_layers, a.n_heads AS n_heads, a.n_components AS n_comp,
-       a.parallel_attn_mlp AS parallel, collect(c.step) AS steps, collect(c.level) AS levels,
+       a.parallel_attn_mlp AS parallel, a.n_kv_heads AS n_kv_heads, collect(c.step) AS steps,
+       collect(c.level) AS levels,
        collect(c.uid) AS uids
 """
 
@@ -284,6 +294,27 @@ ORDER BY abs(s) DESC, key
 WITH collect({key: key, s: s}) AS merged
 UNWIND CASE WHEN $max_edges IS NULL THEN merged ELSE merged[..$max_edges] END AS e
 RETURN e.key AS key, e.s AS s
+"""
+
+# The keys a prefix definition (top_n, top_frac, threshold, percentile) selects in each checkpoint of
+# $uids, at the stored level, before pruning (queries.api.Store prunes them).
+SELECTED_PREFIX = """
+UNWIND $uids AS uid
+MATCH (c:Checkpoint {uid: uid}) WHERE c.complete
+WITH c, c.keys AS keys, c.n_edges AS n,
+     CASE WHEN $mode IN ['threshold', 'percentile'] THEN c.scores ELSE [] END AS scores
+WITH c, keys, scores, n,
+     CASE WHEN $mode = 'percentile' AND n > 1 THEN ($value / 100.0) * (n - 1) ELSE 0.0 END AS x
+WITH c, keys, scores, n,
+     CASE $mode
+       WHEN 'percentile' THEN abs(scores[n - 1 - toInteger(floor(x))])
+            + (x - floor(x)) * (abs(scores[n - 1 - toInteger(ceil(x))]) - abs(scores[n - 1 - toInteger(floor(x))]))
+       ELSE $value END AS t
+WITH c, keys, CASE $mode
+       WHEN 'top_n' THEN toInteger($value)
+       WHEN 'top_frac' THEN toInteger(floor($value * n))
+       ELSE size([s IN scores WHERE abs(s) >= t]) END AS cut
+RETURN c.uid AS uid, c.step AS step, c.run AS run, keys[..cut] AS keys
 """
 
 # Keys and scores of one circuit (for exports and tests).

@@ -11,17 +11,17 @@ import statistics
 import pytest
 
 from conftest import run_cli
+from ingested import known_accuracy_data, tiny_model
+
+ACCURACY0 = {}  # the step-0 accuracy of the tiny data, in percent, computed independently
 
 
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
-    from analysis.tasks.build import DatasetSpec, make_dataset
-    from analysis.tiny import build_tiny_model
-
     root = tmp_path_factory.mktemp("experiment")
-    model = build_tiny_model(root / "model", arch="gpt_neox", n_layers=2, n_heads=2, d_model=32, seed=0)
+    model = tiny_model(root)
     data = root / "data"
-    make_dataset(DatasetSpec(task="add_sub", tokenizer=model, out=data, n=100, count=200))
+    ACCURACY0["percent"] = known_accuracy_data(model, data)
     return model, data
 
 
@@ -65,18 +65,20 @@ def test_compare_stores_every_run_and_the_table_comes_from_the_store(db, tiny_ta
     ratio = {x["run"]: x["ratio"] for x in runs}
     assert ratio["t.circuitlora-2-4.s1"] == pytest.approx(by_run["t.circuitlora-2-4.s1"]["parameter_ratio"])
 
-    # the table equals mean / sample std of the final accuracies stored per run
+    # the table equals mean / sample std of the final accuracies stored per run (stored in percent)
     t = experiment_table(store, "t")
     rows = {row["label"]: row for row in t["table"]}
     assert [row["label"] for row in t["table"]] == ["pretrained", "circuitlora-2-4", "randomlora-2-4"]
     for label in ("circuitlora-2-4", "randomlora-2-4"):
         accs = [finals[f"t.{label}.s{s}"][-1]["acc"] for s in (1, 2)]
         assert rows[label]["seeds"] == 2
-        assert rows[label]["accuracy_mean_%"] == pytest.approx(round(100 * statistics.mean(accs), 2))
-        assert rows[label]["accuracy_std_%"] == pytest.approx(round(100 * statistics.stdev(accs), 2))
+        assert rows[label]["accuracy_mean_%"] == pytest.approx(round(statistics.mean(accs), 2))
+        assert rows[label]["accuracy_std_%"] == pytest.approx(round(statistics.stdev(accs), 2))
     step0 = {finals[x["run"]][0]["acc"] for x in runs}
     assert len(step0) == 1  # every run starts from the same pre-trained model, scored on the same split
-    assert rows["pretrained"]["accuracy_mean_%"] == pytest.approx(round(100 * step0.pop(), 2))
+    assert rows["pretrained"]["accuracy_mean_%"] == pytest.approx(round(step0.pop(), 2))
+    assert rows["pretrained"]["accuracy_mean_%"] == pytest.approx(round(ACCURACY0["percent"], 2))
+    assert ACCURACY0["percent"] >= 25  # so a fraction could not pass for it
     assert rows["pretrained"]["parameter_ratio_%"] == 0.0
 
     again = run_cli(["experiment", "table", "t", "--format", "json"], env=cli_env)

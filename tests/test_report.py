@@ -1,55 +1,61 @@
 """`circuitshift report`: figures from stored data only, checked for content (the plotted values,
-read back from the matplotlib artists, equal the query results)."""
+read back from the matplotlib artists, equal the query results).
+
+Everything the report reads was written by the real producers: a tiny fine-tuning run by the ingest
+job (`tests/ingested.py`), its merged model exported by `ingest export-model`, and the robustness and
+resampling-noise runs by `circuitshift robustness` on that model.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-import shutil
-
 from conftest import REPO, run_cli
-from explore_data import ARCH, demo_checkpoints, write_demo
+from ingested import ingest, known_accuracy_data, tiny_model
 from ingest.report import build, gather
 from queries import library as Q
 from queries.api import CircuitDefinition, Store
-from queries.writer import CircuitWriter, RunRecord
 
 IN_GRAPH = CircuitDefinition()
+STEPS = [0, 2, 4, 6, 8]
 
 
-@pytest.fixture
-def stored(db):
-    driver, database = db
-    write_demo(driver, database)
-    # A noise baseline: 3 circuits of checkpoint 40 "scored on resampled data" (seeded variants).
-    writer = CircuitWriter(driver, database)
-    writer.ensure_run(RunRecord(id="demo~noise", task="toy"), ARCH)
-    for k, seed in enumerate((1, 2, 3)):
-        cp = demo_checkpoints(1, seed=0)[0]
-        import numpy as np
-        rng = np.random.default_rng(seed)
-        scores = np.asarray(cp.scores) + rng.normal(0, 0.3, len(cp.scores))
-        order = np.argsort(-np.abs(scores), kind="stable")
-        flags = np.zeros(len(scores), dtype=bool)
-        flags[order[:40]] = True
-        cp.step, cp.scores, cp.in_graph = k, scores.tolist(), flags.tolist()
-        writer.write_checkpoint("demo~noise", ARCH, cp)
-    driver.execute_query("MATCH (r:Run {id: 'demo~noise'}) SET r.analysis = 'noise', r.of_run = 'demo', "
-                         "r.noise_step = 40", database_=database)
-    # Robustness: a run whose steps are perturbation levels (0 = clean).
-    writer.ensure_run(RunRecord(id="rob-ft", task="toy"), ARCH)
-    for level, cp in zip((0, 10, 20), demo_checkpoints(3, seed=5)):
-        cp.step = level
-        writer.write_checkpoint("rob-ft", ARCH, cp)
-    driver.execute_query("MATCH (r:Run {id: 'rob-ft'}) SET r.analysis = 'robustness', r.of_run = 'demo', "
-                         "r.model_label = 'finetuned'", database_=database)
-    return Store(driver, database)
+@pytest.fixture(scope="module")
+def stored(driver, neo4j_settings, tmp_path_factory):
+    """Run `demo` (LoRA, 8 steps, checkpoints 0, 2, ..., 8), its robustness runs and noise baseline.
+    Module-scoped: the tests here read it and never wipe the database (they take no `db`)."""
+    from conftest import _wipe
+    from ingest.job import export_model
+
+    database = neo4j_settings.database
+    _wipe(driver, database)
+    root = tmp_path_factory.mktemp("report")
+    model = tiny_model(root)
+    data = root / "data"
+    acc0 = known_accuracy_data(model, data, perturb_levels=(0.1, 0.2))
+    out = ingest(driver, database, model, data, root, "demo", max_steps=8, checkpoints=4)
+    assert out["steps"] == STEPS
+    merged = root / "merged"
+    export_model(root / "state", "demo", merged)
+    env = {**cli_environment(neo4j_settings), "CIRCUITSHIFT_STATE_DIR": str(root / "state")}
+    proc = run_cli(["robustness", "--model", f"finetuned={merged}", "--data", str(data), "--of", "demo",
+                    "--no-splits", "--noise-of", "demo:8", "--samples", "3", "--steps", "2",
+                    "--batch-size", "16", "--max-examples", "16", "--top-frac", "0.3"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    return Store(driver, database), env, acc0
+
+
+def cli_environment(settings) -> dict:
+    import os
+    return {**os.environ, "NEO4J_URI": settings.uri, "NEO4J_USER": settings.user,
+            "NEO4J_PASSWORD": settings.resolved_password()}
 
 
 def test_report_figures_equal_the_query_results(stored, tmp_path):
-    store = stored
+    store, _, acc0 = stored
     data = gather(store, "demo", IN_GRAPH)
     drawn = build(data, tmp_path)
     for name in ("accuracy_faithfulness", "churn", "change_rates", "per_layer", "circuit_diff", "robustness"):
@@ -58,18 +64,22 @@ def test_report_figures_equal_the_query_results(stored, tmp_path):
     shutil.copytree(tmp_path, REPO / "artifacts" / "report", dirs_exist_ok=True)  # a CI artifact
     html = (tmp_path / "index.html").read_text()
     assert all(f"{n}.png" in html for n in drawn)
+    assert "<th>accuracy %</th>" in html and f"<tr><td>0</td><td>{acc0:.4g}</td>" in html
 
     # Independent queries, compared with what was drawn.
     metrics = store.read(Q.CHECKPOINT_METRICS, run="demo")
     af = drawn["accuracy_faithfulness"]
-    assert af["steps"] == [0, 10, 20, 30, 40]
-    assert af["accuracy"] == pytest.approx([100 * m["accuracy"] for m in metrics])
-    assert af["faithfulness"] == pytest.approx([100 * m["faithfulness"] for m in metrics])
+    assert af["steps"] == STEPS
+    # stored and drawn in percent: step 0's accuracy is the one computed independently (about 50)
+    assert metrics[0]["accuracy"] == pytest.approx(acc0) and acc0 >= 25
+    assert af["accuracy"] == pytest.approx([m["accuracy"] for m in metrics])
+    assert af["faithfulness"] == pytest.approx([m["faithfulness"] for m in metrics])
+    assert all(-100 <= y <= 100.0001 for y in af["faithfulness"])
 
     churn = store.churn("demo", IN_GRAPH)["transitions"]
     assert drawn["churn"]["edges"] == [t["edges_changed"] for t in churn]
     assert drawn["churn"]["nodes"] == [t["nodes_changed"] for t in churn]
-    assert drawn["churn"]["transitions"] == ["0→10", "10→20", "20→30", "30→40"]
+    assert drawn["churn"]["transitions"] == ["0→2", "2→4", "4→6", "6→8"]
     noise = store.churn("demo~noise", IN_GRAPH)["transitions"]
     vals = [t["edges_changed"] for t in noise]
     mean, sd = sum(vals) / len(vals), (sum((v - sum(vals) / len(vals)) ** 2 for v in vals) / (len(vals) - 1)) ** .5
@@ -82,13 +92,13 @@ def test_report_figures_equal_the_query_results(stored, tmp_path):
     assert drawn["change_rates"]["resampling noise"] == pytest.approx(
         [nrate["node_change_rate"], nrate["edge_change_rate"]])
 
-    layers = store.per_layer("demo:0", "demo:40", IN_GRAPH)["layers"]
+    layers = store.per_layer("demo:0", "demo:8", IN_GRAPH)["layers"]
     pl = drawn["per_layer"]
     assert pl["layers"] == [r["layer"] for r in layers]
     for key in ("nodes_added", "nodes_removed", "edges_added", "edges_removed"):
         assert pl[key.replace("_", " ")] == [r[key] for r in layers]
 
-    diff = store.diff("demo:0", "demo:40", IN_GRAPH, 95.0)
+    diff = store.diff("demo:0", "demo:8", IN_GRAPH, 95.0)
     cd = drawn["circuit_diff"]
     assert cd["edges"]["added"] == diff["added_edges"]
     assert cd["edges"]["removed"] == diff["removed_edges"]
@@ -101,17 +111,19 @@ def test_report_figures_equal_the_query_results(stored, tmp_path):
     rob = drawn["robustness"]
     assert rob["levels"] == [0, 10, 20]
     assert rob["finetuned"] == pytest.approx(
-        [store.jaccard("rob-ft:0", f"rob-ft:{lv}", IN_GRAPH)["edge_jaccard"] for lv in (0, 10, 20)])
+        [store.jaccard("rob-add_sub-finetuned:0", f"rob-add_sub-finetuned:{lv}", IN_GRAPH)["edge_jaccard"]
+         for lv in (0, 10, 20)])
     assert rob["finetuned"][0] == 1.0
 
 
-def test_report_cli(stored, cli_env, tmp_path):
+def test_report_cli(stored, tmp_path):
+    store, env, _ = stored
     out = tmp_path / "rep"
-    proc = run_cli(["report", "demo", "--out", str(out)], env=cli_env)
+    proc = run_cli(["report", "demo", "--out", str(out)], env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 6 figures" in proc.stdout and "Browser view 'demo:0..demo:40'" in proc.stdout
+    assert "wrote 6 figures" in proc.stdout and "Browser view 'demo:0..demo:8'" in proc.stdout
     assert (out / "index.html").exists() and (out / "circuit_diff.png").exists()
-    views = stored.read("MATCH (n:ViewNode {view: 'demo:0..demo:40'}) RETURN count(n) AS n")
+    views = store.read("MATCH (n:ViewNode {view: 'demo:0..demo:8'}) RETURN count(n) AS n")
     assert views[0]["n"] > 0
-    bad = run_cli(["report", "nope", "--out", str(out)], env=cli_env)
+    bad = run_cli(["report", "nope", "--out", str(out)], env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("error:")

@@ -72,14 +72,15 @@ def test_churn_and_change_rate_hand_computed(hand):
 
 
 def test_definitions_chosen_after_the_fact(hand):
-    top2 = hand.churn("hand", CircuitDefinition("top_n", 2))["transitions"]
+    # the raw prefixes (prune=False); test_chosen_definitions_are_pruned covers the default
+    top2 = hand.churn("hand", CircuitDefinition("top_n", 2, prune=False))["transitions"]
     # top-2 by |score|: {in->a0, a0->m1}, {a1->lg, in->a0}, {a1->lg, in->a0}
     assert (top2[0]["edges_added"], top2[0]["edges_removed"]) == (1, 1)
     assert (top2[0]["nodes_added"], top2[0]["nodes_removed"]) == (2, 1)  # +a1.h0 +logits, -m1
-    thr = hand.churn("hand", CircuitDefinition("threshold", 4.5))["transitions"]
+    thr = hand.churn("hand", CircuitDefinition("threshold", 4.5, prune=False))["transitions"]
     # |s| >= 4.5: {in->a0}, {a1->lg, in->a0}, {a1->lg}
     assert [(t["edges_added"], t["edges_removed"]) for t in thr] == [(1, 0), (0, 1)]
-    frac = hand.churn("hand", CircuitDefinition("top_frac", 0.5))["transitions"]
+    frac = hand.churn("hand", CircuitDefinition("top_frac", 0.5, prune=False))["transitions"]
     # 4 scored edges each -> top 2: the same sets as top-n 2
     assert [(t["edges_added"], t["edges_removed"]) for t in frac] == [(1, 1), (0, 0)]
 
@@ -93,8 +94,40 @@ def test_percentile_definition(db):
     store = Store(driver, database)
     # |s| ascending 0.2 0.5 1.0 2.5 3.0: the 50th percentile is 1.0 -> 3 edges; the 80th is
     # 2.5 + 0.2 * (3.0 - 2.5) = 2.6 -> 1 edge.
-    assert len(store.circuit_edges("pct:0", CircuitDefinition("percentile", 50))[1]) == 3
-    assert len(store.circuit_edges("pct:0", CircuitDefinition("percentile", 80))[1]) == 1
+    assert len(store.circuit_edges("pct:0", CircuitDefinition("percentile", 50, prune=False))[1]) == 3
+    assert len(store.circuit_edges("pct:0", CircuitDefinition("percentile", 80, prune=False))[1]) == 1
+    # pruned (the default): m0 has no parent among the 3, so m0->logits goes
+    _, kept = store.circuit_edges("pct:0", CircuitDefinition("percentile", 50))
+    assert sorted(ARCH.edge_name(r["key"] * 4) for r in kept) == ["a0.h0->logits", "input->a0.h0"]
+    with pytest.raises(UserError, match="prune to an empty circuit"):
+        store.circuit_edges("pct:0", CircuitDefinition("percentile", 80))
+
+
+def test_chosen_definitions_are_pruned(hand):
+    """--top-n/--top-frac are the method's circuits: the prefix, then dead nodes pruned (method.md 2.4)."""
+    # step 0 ranked: in->a0 5, a0->m1 -4, m1->lg 3, in->m0 0.5. Top 3 is the path in->a0->m1->lg (kept
+    # whole); top 2 ends in m1, which has no child: m1 dies, then a0, so nothing is left.
+    _, top3 = hand.circuit_edges("hand:0", CircuitDefinition("top_n", 3))
+    assert sorted(ARCH.edge_name(r["key"] * 4) for r in top3) == ["a0.h0->m1", "input->a0.h0", "m1->logits"]
+    with pytest.raises(UserError, match="hand:0: top 2 edges, pruned, head level selects 2 edge"):
+        hand.churn("hand", CircuitDefinition("top_n", 2))
+    # top 3 at steps 10 and 20: in->a0, a1->lg, a0->a1 (and m1->lg / in->m0 are 4th): a path, kept
+    churn = hand.churn("hand", CircuitDefinition("top_n", 3))["transitions"]
+    assert [(t["edges_added"], t["edges_removed"]) for t in churn] == [(2, 2), (0, 0)]
+    assert hand.churn("hand", CircuitDefinition("top_n", 3, prune=False))["transitions"] == churn
+    # top 4 at step 0 adds in->m0, whose m0 has no child: pruned away, unlike the raw prefix
+    _, top4 = hand.circuit_edges("hand:0", CircuitDefinition("top_n", 4))
+    _, raw4 = hand.circuit_edges("hand:0", CircuitDefinition("top_n", 4, prune=False))
+    assert len(top4) == 3 and len(raw4) == 4
+
+
+def test_query_cli_prunes_unless_told_not_to(hand, cli_env):
+    def edges(*flags):
+        p = run_cli(["query", "churn", "hand", "--top-n", "4", "--format", "json", *flags], env=cli_env)
+        assert p.returncode == 0, p.stderr
+        return [t["edges_before"] for t in json.loads(p.stdout)["transitions"]]
+    # the 4th edge is a dead end at step 0 (in->m0: m0 has no child) and at 10 (m1->lg: m1 has no parent)
+    assert edges() == [3, 3] and edges("--no-prune") == [4, 4]
 
 
 def test_qkv_level_and_collapse(db):
@@ -282,7 +315,9 @@ def test_query_errors_are_one_line(hand, cli_env):
                       (["query", "overlap", "hand:0", "hand:10", "--k", "50"], "larger than a circuit"),
                       (["query", "jaccard", "hand", "hand:10"], "RUN:STEP"),
                       (["query", "churn", "hand", "--top-frac", "1.5"], "(0, 1]"),
-                      (["query", "churn", "hand", "--top-n", "3", "--threshold", "1"], "choose one")]:
+                      (["query", "churn", "hand", "--top-n", "3", "--threshold", "1"], "choose one"),
+                      (["query", "churn", "hand", "--no-prune"], "--no-prune applies to"),
+                      (["query", "churn", "hand", "--top-n", "2"], "prune to an empty circuit; select more edges")]:
         p = run_cli(args, env=cli_env)
         assert p.returncode == 2, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1 and msg in p.stderr, (args, p.stderr)
