@@ -137,6 +137,9 @@ def _html(data: dict, drawn: dict) -> str:
              f"<p>Circuits: {html.escape(data['definition'])}. Every number comes from the store "
              "(named Cypher queries); nothing was re-scored.</p>",
              "<h2>Accuracy and faithfulness</h2><img src='accuracy_faithfulness.png'>",
+             _table([{"step": m["step"], "accuracy %": m["accuracy"], "circuit accuracy %": m["circuit_accuracy"],
+                      "faithfulness %": m["faithfulness"], "circuit edges": m["n_in_graph"]}
+                     for m in data["metrics"]]),
              "<h2>Churn per transition, against resampling noise</h2><img src='churn.png'>"]
     if noise["noise_pairs"]:
         parts.append(f"<p>Noise: churn between circuits of one checkpoint scored on resampled data "
