@@ -62,15 +62,27 @@ def deterministic(threads: int) -> None:
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--bolt-port", type=int, default=None, help="Local Neo4j Bolt port (default 7687).")
 @click.option("--http-port", type=int, default=None, help="Local Neo4j HTTP port (default 7474).")
+@click.option("--model", "real_model", default=None,
+              help="Run the real-model path instead (README, 'The real model'): a shipped model name "
+                   "(smollm2), a .gguf file or a model folder; LoRA on Add/Sub(100) with the model's own "
+                   "tokenizer, sized for 2 CPU cores (--finetune-steps, --checkpoints, --examples, "
+                   "--run-id override its defaults when given).")
 def demo(run_id, seed, pretrain_steps, finetune_steps, checkpoints, examples, top_n, threads, device,
-         bolt_port, http_port):
-    """Run the end-to-end demo on a small local GPT-NeoX (about 5 minutes on 2 idle CPU cores)."""
+         bolt_port, http_port, real_model):
+    """Run the end-to-end demo on a small local GPT-NeoX (about 5 minutes on 2 idle CPU cores), or with
+    --model on a real pretrained model."""
     from analysis.checkpoint import ScoringConfig
     from analysis.training import TrainConfig
     from ingest.cli_ingest import run_ingest_cli
     from queries.server.local import default_state_dir
 
     t0 = time.perf_counter()
+    if real_model is not None:  # a 135M model wants every core: threads fixed only when given
+        import torch
+        explicit = click.get_current_context().get_parameter_source("threads") == click.core.ParameterSource.COMMANDLINE
+        deterministic(threads if explicit else torch.get_num_threads())
+        return real_model_demo(real_model, run_id, seed, finetune_steps, checkpoints, examples, device,
+                               bolt_port, http_port, t0)
     deterministic(threads)
     # separator " ": the word tokenizer makes "\n" a token of its own, so the paper's "prompt\nanswer"
     # would teach the model to answer "\n" after "=", which circuits and accuracy never see; BOS: the
@@ -90,6 +102,29 @@ def demo(run_id, seed, pretrain_steps, finetune_steps, checkpoints, examples, to
                    state_dir=state)
     browser_hint(state, run_id, finetune_steps)
     click.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s ({threads} torch thread(s))")
+
+
+def real_model_demo(model, run_id, seed, finetune_steps, checkpoints, examples, device, bolt_port,
+                    http_port, t0) -> None:
+    """`demo --model M`: ingest.real_demo with its defaults, except the options given explicitly."""
+    from dataclasses import replace
+
+    from ingest.real_demo import RealDemoConfig, run_real_demo
+    from queries.server.local import default_state_dir
+
+    ctx = click.get_current_context()
+    given = {name: value for name, value in (("run_id", run_id), ("finetune_steps", finetune_steps),
+                                            ("checkpoints", checkpoints), ("examples", examples))
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    cfg = replace(RealDemoConfig(model=model, seed=seed,
+                                 run_id=f"demo-{Path(model).stem.split('.')[0].lower()}"), **given)
+    if not os.environ.get("NEO4J_URI"):
+        from ingest.cli_db import start
+        ctx.invoke(start, bolt_port=bolt_port, http_port=http_port, timeout=180.0)
+    state = default_state_dir()
+    run_real_demo(cfg, device, state)
+    browser_hint(state, cfg.run_id, cfg.finetune_steps)
+    click.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
 
 
 def pretrained_model(root: Path, steps: int, seed: int, threads: int, device: str) -> Path:
