@@ -14,6 +14,8 @@ accuracy (percent, 0-100).
 
 from __future__ import annotations
 
+from queries.schema import SCHEMA_STATEMENTS
+
 # A run's model and task (to plan from a stored circuit without naming the model again).
 RUN_SOURCE = """
 MATCH (r:Run {id: $run})
@@ -107,7 +109,4 @@ RETURN label, n, mean, std, min, max, parameter_ratio, seeds
 ORDER BY CASE WHEN size(at) > 0 THEN at[0] ELSE size($order) END, label
 """
 
-SCHEMA = [
-    "CREATE CONSTRAINT plan_id IF NOT EXISTS FOR (p:Plan) REQUIRE p.id IS UNIQUE",
-    "CREATE CONSTRAINT experiment_id IF NOT EXISTS FOR (x:Experiment) REQUIRE x.id IS UNIQUE",
-]
+SCHEMA = [SCHEMA_STATEMENTS["plan_id"], SCHEMA_STATEMENTS["experiment_id"]]  # part of the one schema

@@ -22,6 +22,7 @@ from __future__ import annotations
 import statistics
 
 from queries import library as Q
+from queries.schema import SCHEMA_STATEMENTS
 
 DEGREE_BUCKETS = (2, 5, 10, 20)  # Deg1: degree <= 2, Deg2: <= 5, Deg3: <= 10, Deg4: <= 20, Deg5: more
 KIND_LABELS = {"input": "Input", "attn": "Attn", "mlp": "MLP", "logits": "Logits"}
@@ -35,7 +36,7 @@ FOREACH (_ IN CASE WHEN c.kind = 'logits' THEN [1] ELSE [] END | SET c:Logits)
 RETURN count(c) AS labelled
 """
 
-VIEW_INDEX = "CREATE INDEX view_node_view IF NOT EXISTS FOR (n:ViewNode) ON (n.view)"
+VIEW_INDEX = SCHEMA_STATEMENTS["view_node_view"]  # part of the one schema (queries/schema.py)
 
 # The 95th-percentile difference with the KEPT edges too (Store.diff returns only added/removed):
 # for A ($uids[0]) and B ($uids[1]) separately keep |s| >= the $pct percentile of that circuit's |s|.

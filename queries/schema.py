@@ -1,4 +1,5 @@
-"""Constraints and indexes of the circuit store, created idempotently (`IF NOT EXISTS`).
+"""Constraints and indexes of the circuit store, created idempotently (`IF NOT EXISTS`): the one schema,
+which `circuitshift db init` and every writer apply whole.
 
 The data model (see README "Data model"):
   (:Architecture {key, n_layers, n_heads, n_kv_heads, parallel_attn_mlp, n_components, n_edges})
@@ -32,6 +33,11 @@ SCHEMA_STATEMENTS: dict[str, str] = {
     # Browser views and deletes select one checkpoint's circuit relationships by its uid.
     "circuit_edge_ck": (
         "CREATE INDEX circuit_edge_ck IF NOT EXISTS FOR ()-[e:CIRCUIT_EDGE]-() ON (e.ck)"),
+    # CircuitLoRA plans and method comparisons (queries/experiments.py)
+    "plan_id": "CREATE CONSTRAINT plan_id IF NOT EXISTS FOR (p:Plan) REQUIRE p.id IS UNIQUE",
+    "experiment_id": "CREATE CONSTRAINT experiment_id IF NOT EXISTS FOR (x:Experiment) REQUIRE x.id IS UNIQUE",
+    # Browser difference views (queries/exploration.py) are found and deleted by their view name
+    "view_node_view": "CREATE INDEX view_node_view IF NOT EXISTS FOR (n:ViewNode) ON (n.view)",
 }
 
 
