@@ -19,6 +19,7 @@ from analysis.errors import UserError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "db": ("ingest.cli_db", "db", "Run the local Neo4j server: start, stop, status, init."),
     "import": ("ingest.cli_import", "import_group", "Import circuits people already have (EAP-IG JSON)."),
+    "export": ("ingest.cli_export", "export", "Export a stored circuit as GraphML, GEXF or EAP-IG JSON."),
     "query": ("ingest.cli_query", "query", "The paper's questions as Cypher queries over stored circuits."),
     "cypher": ("ingest.cli_query", "cypher", "Run ad hoc Cypher in a read-only transaction."),
     "data": ("ingest.cli_data", "data", "Build and inspect task datasets (clean/corrupted prompt pairs)."),

@@ -83,6 +83,54 @@ class CircuitRef:
         return f"{self.run}:{self.step}"
 
 
+@dataclass(frozen=True)
+class CheckpointEdges:
+    """Every scored edge of one stored checkpoint, in rank order (rank i+1 by |score| at index i):
+    edge names at the stored level, signed scores, and whether each edge is in the circuit."""
+
+    ref: CircuitRef
+    names: list[str]
+    scores: list[float]
+    in_circuit: list[bool]
+
+    @property
+    def level(self) -> str:
+        return self.ref.level
+
+    def to_frame(self):
+        """A pandas DataFrame: one row per scored edge (rank, name, score, in_circuit)."""
+        import pandas as pd
+        return pd.DataFrame({"rank": range(1, len(self.names) + 1), "name": self.names,
+                             "score": self.scores, "in_circuit": self.in_circuit})
+
+
+def to_frame(result, table: str | None = None):
+    """A Store result as a pandas DataFrame in one call.
+
+    `result` is a list of row dicts, a `CheckpointEdges`, or a Store result dict: its rows are the
+    list of row dicts under `table` (default: the only such list, e.g. churn's `transitions`), or the
+    dict itself as one row when it has none. The other fields go to `frame.attrs`."""
+    import pandas as pd
+    if isinstance(result, CheckpointEdges):
+        return result.to_frame()
+    if isinstance(result, list):
+        return pd.DataFrame(result)
+    if not isinstance(result, dict):
+        raise UserError(f"to_frame takes a Store result (dict or list of rows), not {type(result).__name__}")
+    tables = [k for k, v in result.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if table is None:
+        if len(tables) > 1:
+            raise UserError(f"the result has several tables ({', '.join(tables)}); name one")
+        table = tables[0] if tables else None
+    elif table not in result:
+        raise UserError(f"no table {table!r} in the result; tables: {', '.join(tables) or 'none'}")
+    if table is None:
+        return pd.DataFrame([{k: v for k, v in result.items() if not isinstance(v, (list, dict))}])
+    frame = pd.DataFrame(result[table])
+    frame.attrs.update({k: v for k, v in result.items() if k != table})
+    return frame
+
+
 def parse_ref(text: str) -> tuple[str, int]:
     run, sep, step = text.rpartition(":")
     if not sep or not run:
@@ -293,6 +341,24 @@ class Store:
         self._check_level(r.level, definition, r.name)
         rows = self.read(Q.CIRCUIT_EDGES, uids=[r.uid], **self.selection(definition, [r.uid], r.arch))
         return r, rows
+
+    def checkpoint_edges(self, ref: str, definition: CircuitDefinition | None = None) -> CheckpointEdges:
+        """Every scored edge of circuit `ref` with its in-circuit flag: the checkpoint's own circuit by
+        default, or the edges `definition` selects (at the stored level; its `level` is ignored)."""
+        r = self.resolve(ref)
+        rows = self.read(Q.CHECKPOINT_ARRAYS, uid=r.uid)
+        if not rows:
+            raise UserError(f"{r.name} has no complete checkpoint")
+        keys, scores = rows[0]["keys"], rows[0]["scores"]
+        if definition is None or definition.mode == "in_graph":
+            chosen = {keys[i - 1] for i in rows[0]["in_graph"] or []}
+        else:
+            stored = CircuitDefinition(definition.mode, definition.value, r.level, definition.prune)
+            unit = 4 if r.level == "head" else 1  # head-level rows are pairs; stored keys are pair * 4
+            chosen = {row["key"] * unit for row in self.read(Q.CIRCUIT_EDGES, uids=[r.uid],
+                                                      **self.selection(stored, [r.uid], r.arch))}
+        return CheckpointEdges(ref=r, names=[r.arch.edge_name(k) for k in keys],
+                               scores=[float(s) for s in scores], in_circuit=[k in chosen for k in keys])
 
 
 def store_union(driver, database, a: str, b: str, as_ref: str, definition: CircuitDefinition,

@@ -338,3 +338,9 @@ RETURN c.step AS step, c.epoch AS epoch, c.accuracy AS accuracy, c.faithfulness 
        c.level AS level
 ORDER BY step
 """
+
+# Every scored edge of one checkpoint, in rank order, with its own circuit (1-based ranks): exports.
+CHECKPOINT_ARRAYS = """
+MATCH (c:Checkpoint {uid: $uid}) WHERE c.complete
+RETURN c.level AS level, c.keys AS keys, c.scores AS scores, c.in_graph AS in_graph
+"""
