@@ -24,8 +24,12 @@ def tiny(tmp_path_factory):
     good.write_text("clean,corrupted,label\n1 + 2 =,1 - 2 =,3\n")
     unequal = root / "unequal.csv"
     unequal.write_text("clean,corrupted,label\n1 + 2 =,1 - 2 - 5 =,3\n")
+    # answers may have several tokens, but the logit-diff metric needs clean and corrupted answers of
+    # equal token length ("3 4" is two tokens, "1" one); an answer of only spaces is empty
     multitoken = root / "multi.csv"
-    multitoken.write_text("clean,corrupted,label\n1 + 2 =,1 - 2 =,3 4\n")
+    multitoken.write_text("clean,corrupted,label,corrupted_label\n1 + 2 =,1 - 2 =,3 4,1\n")
+    blank = root / "blank.csv"
+    blank.write_text('clean,corrupted,label\n1 + 2 =,1 - 2 =,"  "\n')
     nan_scores = root / "nan.json"
     nan_scores.write_text('{"scores": {"input->m0": NaN}}')
     inf_json = root / "inf.json"
@@ -37,7 +41,7 @@ def tiny(tmp_path_factory):
     scores.write_text(json.dumps({"graph": {"n_layers": 2, "n_heads": 2, "parallel_attn_mlp": True},
                                   "scores": {"input->m0": 1.0}}))
     return {"model": str(model), "root": root, "good": str(good), "unequal": str(unequal),
-            "multi": str(multitoken), "nan": str(nan_scores), "inf": str(inf_json),
+            "multi": str(multitoken), "blank": str(blank), "nan": str(nan_scores), "inf": str(inf_json),
             "notjson": str(notjson), "scores": str(scores)}
 
 
@@ -54,7 +58,8 @@ def cases(t):
         (score + ["--data", t["good"], "--method", "bogus"], "bogus"),
         (score + ["--data", t["good"], "--metric", "bogus"], "bogus"),
         (score + ["--data", t["unequal"]], "row"),
-        (score + ["--data", t["multi"]], "token"),
+        (score + ["--data", t["multi"], "--metric", "logit-diff"], "token"),
+        (score + ["--data", t["blank"]], "empty"),
         (score + ["--data", str(r / "missing.csv")], "does not exist"),
         (["circuit", "select", t["scores"], "--top-frac", "2", "--out", str(r / "c.json")], "frac"),
         (["circuit", "select", t["scores"], "--top-n", "0", "--out", str(r / "c.json")], "top"),
