@@ -135,6 +135,23 @@ class QKVProj:
         return int(self.cols.numel())
 
 
+@dataclass
+class QKVGradPlan:
+    """Layer ``layer``'s q/k/v input-gradient maths for one scoring call
+    (:meth:`ModelAdapter.qkv_grad_plan`): ``cols`` (n,) the graph columns of its heads (in the model's
+    output order) relative to the layer's first q/k/v column; ``W`` (n, dh, D) their weight rows times
+    the attention norm's weight (W'); the norm (LayerNorm, or RMSNorm) and its eps; ``offset`` (n, dh)
+    each head's output at xhat = 0 (its bias plus W times the LayerNorm's bias), so that a projection
+    output minus ``offset`` is xhat W'^T."""
+
+    layer: int
+    cols: Tensor
+    W: Tensor
+    layernorm: bool
+    eps: float
+    offset: Tensor  # (n, dh): each head's output at xhat = 0 (bias + W beta)
+
+
 def check_supported(model_type: str | None) -> None:
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise UserError(f"unsupported architecture {model_type!r}; supported: "
@@ -355,6 +372,92 @@ class ModelAdapter:
         full[torch.cat([p.cols for p in projs])] = gin
         return full
 
+    # ---------------------------------------------------------------- fused scoring maths
+    def qkv_grad_plan(self, l: int, dtype) -> "QKVGradPlan | None":
+        """Layer l's q/k/v input-gradient maths for :meth:`qkv_input_grads_nomean` and the scoring
+        engine, precomputed once per scoring call (the caller caches it; the weights are frozen while
+        it is used). Heads in the MODEL's output order (the projection output (B, P, n*dh) is (B, P, n,
+        dh) without a copy; ``cols`` maps them to graph columns), weight rows scaled by the attention
+        norm's weight. None when the attention norm has no closed-form VJP here (use
+        :meth:`qkv_input_grads`)."""
+        norm = self.attn_ln(l)
+        if isinstance(norm, nn.LayerNorm):
+            layernorm, eps = True, float(norm.eps)
+        elif hasattr(norm, "variance_epsilon") and hasattr(norm, "weight"):  # LlamaRMSNorm
+            layernorm, eps = False, float(norm.variance_epsilon)
+        else:
+            return None
+        H, dh, D = self.n_heads, self.d_head, self.d_model
+        if self.arch == "gpt_neox":  # output layout [head][q|k|v][dh]: head i = (h, t), column t*H + h
+            m = self.qkv_proj(l)
+            W0 = m.weight.detach().view(3 * H, dh, D)
+            b = None if m.bias is None else m.bias.detach().view(3 * H, dh)
+            cols = (torch.arange(3, device=self.device)[None, :] * H
+                    + torch.arange(H, device=self.device)[:, None]).reshape(-1)
+        else:  # gpt2 [q|k|v][head][dh]; separate q, k, v projections concatenated: the graph's order
+            projs = self.qkv_projs(l)
+            W0 = torch.cat([p.W for p in projs])
+            cols = torch.cat([p.cols for p in projs])
+            bs = [p.b if p.b is not None else torch.zeros(p.n, dh, dtype=W0.dtype, device=W0.device) for p in projs]
+            b = None if all(p.b is None for p in projs) else torch.cat(bs)
+        W0 = W0.to(dtype)
+        W = W0 * norm.weight.detach().to(dtype) if norm.weight is not None else W0
+        offset = torch.zeros(W0.shape[0], dh, dtype=dtype, device=W0.device)
+        if b is not None:
+            offset += b.to(dtype)
+        beta = getattr(norm, "bias", None) if layernorm else None
+        if beta is not None:
+            offset += W0 @ beta.detach().to(dtype)
+        return QKVGradPlan(l, cols, W.contiguous(), layernorm, eps, offset)
+
+    def norm_stats(self, plan: "QKVGradPlan", x: Tensor) -> tuple[Tensor, Tensor]:
+        """The attention norm's normalised input and inverse scale: x (..., D) -> xhat (..., D),
+        r (..., 1) in ``plan.W``'s dtype (LayerNorm: xhat = (x - mean) r, r = 1/sigma; RMSNorm:
+        xhat = x r, r = 1/rms). Leading dimensions are free (e.g. several layers stacked)."""
+        x = x.to(plan.W.dtype)
+        if plan.layernorm:
+            xc = x - x.mean(-1, keepdim=True)
+            r = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + plan.eps)
+            return xc.mul_(r), r
+        r = torch.rsqrt((x * x).mean(-1, keepdim=True) + plan.eps)
+        return x * r, r
+
+    def head_view(self, plan: "QKVGradPlan", t: Tensor) -> Tensor:
+        """A q/k/v projection output or its gradient (..., B, P, n*dh) as an (..., n, B, P, dh) view,
+        heads in ``plan.cols`` order (no copy: the plan keeps the model's head order)."""
+        *lead, B, P, _ = t.shape
+        return t.view(*lead, B, P, -1, self.d_head).movedim(-2, -4)
+
+    def scaled_head_grads(self, plan: "QKVGradPlan", g_qkv: Tensor, r: Tensor, out: Tensor | None = None) -> Tensor:
+        """The q/k/v projection output gradient (B, P, n*dh) per head and scaled by the norm's r
+        (B*P, 1): (n, B*P, dh) in ``plan.cols`` order, one strided pass (``out``: a buffer)."""
+        B, P = g_qkv.shape[:2]
+        n, dh = plan.W.shape[0], self.d_head
+        gs = out.view(n, B, P, dh) if out is not None else torch.empty(n, B, P, dh, dtype=plan.W.dtype,
+                                                                        device=g_qkv.device)
+        torch.mul(self.head_view(plan, g_qkv), r.view(1, B, P, 1), out=gs)
+        return gs.view(n, B * P, dh)
+
+    def qkv_input_grads_nomean(self, plan: "QKVGradPlan", g_qkv: Tensor, x: Tensor) -> Tensor:
+        """:meth:`qkv_input_grads` restructured as the scoring engine computes it: (n, B*P, D) in
+        ``plan.cols`` order (only the heads that have k/v with grouped-query attention).
+
+        RMSNorm: exactly J^T (W_h^T g_h). LayerNorm: J^T (W_h^T g_h) WITHOUT its mean term, i.e. the
+        gradient plus a constant along d_model for every (head, position): exact when contracted with
+        vectors whose mean over d_model is zero (the engine centres its activation differences, which
+        changes no score: every destination's true gradient is a LayerNorm VJP, of zero mean).
+
+        With gamma folded into ``plan.W`` (W' = W gamma) and r, xhat from :meth:`norm_stats`:
+        J^T (W^T g) = v - xhat (v . xhat) / D [- r mean(gamma W^T g)], v = W'^T (r g). The engine never
+        forms this per pass: it sums r g over the IG points (v is linear in it) and gets v . xhat as
+        (r g) . (xhat W'^T), so the (n, B*P, D) tensor is built once per batch."""
+        D = x.shape[-1]
+        xhat, r = self.norm_stats(plan, x)
+        xhat = xhat.reshape(-1, D)
+        v = torch.bmm(self.scaled_head_grads(plan, g_qkv, r), plan.W)  # (n, B*P, D)
+        m = torch.bmm(v.transpose(0, 1), xhat.unsqueeze(-1))  # (B*P, n, 1): v . xhat
+        return v.addcmul_(xhat, m.transpose(0, 1), value=-1.0 / D)
+
     # ---------------------------------------------------------------- running
     def embed(self, tokens: Tensor) -> Tensor:
         """The input node's output for ``tokens`` (B, P) -> (B, P, D), without grad."""
@@ -377,11 +480,14 @@ class ModelAdapter:
               mlp_out_override: Callable[[int, Tensor], Tensor | None] | None = None,
               grad_qkv: Callable[[int, Tensor], None] | None = None,
               grad_mlp_in: Callable[[int, Tensor], None] | None = None,
-              grad_final_in: Callable[[Tensor], None] | None = None):
+              grad_final_in: Callable[[Tensor], None] | None = None,
+              on_qkv_out: Callable[[int, Tensor], None] | None = None):
         """Install hooks for one forward (and backward) pass; all removed on exit.
 
         Forward callbacks get detached tensors. ``*_override`` callbacks may return a replacement
-        output (or None to keep it). Gradient callbacks fire during backward.
+        output (or None to keep it). Gradient callbacks fire during backward. ``on_qkv_out``: the q/k/v
+        projection output(s) of each layer (separate projections: q, k, v concatenated, as
+        ``grad_qkv``).
         """
         handles = []
         L = self.n_layers
@@ -445,6 +551,20 @@ class ModelAdapter:
                         out.register_hook(got)
                     for i, m in enumerate(mods):
                         add(m.register_forward_hook(lambda mm, a, out, i=i, f=f_part: f(mm, a, out, i=i)))
+            if on_qkv_out is not None:
+                mods = self.qkv_modules(l)
+                if len(mods) == 1:
+                    add(mods[0].register_forward_hook(lambda m, a, out, l=l: on_qkv_out(l, out.detach())))
+                else:
+                    obuf: dict[int, Tensor] = {}
+
+                    def f_out(m, a, out, l=l, i=0, obuf=obuf):
+                        obuf[i] = out.detach()
+                        if len(obuf) == 3:
+                            on_qkv_out(l, torch.cat([obuf[0], obuf[1], obuf[2]], dim=-1))
+                            obuf.clear()
+                    for i, m in enumerate(mods):
+                        add(m.register_forward_hook(lambda mm, a, out, i=i, f=f_out: f(mm, a, out, i=i)))
             if grad_mlp_in is not None:
                 add(self.mlp_ln(l).register_forward_pre_hook(_alias_grad_hook(lambda g, l=l: grad_mlp_in(l, g))))
         if grad_final_in is not None:

@@ -27,7 +27,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Literal, Mapping
@@ -150,20 +150,35 @@ class ScoreTable:
     def key(self, i: int) -> float:
         return abs(self.scores[i]) if self.absolute else self.scores[i]
 
+    @cached_property
+    def keys(self):
+        """Every key (|score|, or the signed score) as a float64 tensor, in ``names`` order."""
+        import torch
+
+        k = torch.tensor(self.scores, dtype=torch.float64)
+        return k.abs() if self.absolute else k
+
     @property
     def n_graph_edges(self) -> int:
         return len(level_edges(self.spec, self.level))
 
     def ranked(self) -> list[int]:
-        """Indices by descending key; ties keep the graph's edge order."""
-        return sorted(range(len(self.names)), key=lambda i: -self.key(i))
+        """Indices by descending key; ties keep the graph's edge order (a stable sort)."""
+        import torch
+
+        return torch.sort(self.keys, descending=True, stable=True).indices.tolist()
 
 
 def score_table(scores, spec: GraphSpec | None = None, absolute: bool = True) -> ScoreTable:
     """From a dict ``{edge: score}``, a ``ScoreResult`` (``.to_dict()``, ``.graph.spec``) or a
     ``circuitshift score`` document (``{"graph": {...}, "scores": {...}}``)."""
     if hasattr(scores, "to_dict") and hasattr(scores, "graph"):
-        spec = spec or scores.graph.spec
+        if spec is None or spec == scores.graph.spec:  # already in the graph's edge order: no dict, no sort
+            g = scores.graph
+            vals = g.edge_scores(scores.dense).double()
+            if not bool(vals.isfinite().all()):
+                raise UserError(f"edge {g.edges[int((~vals.isfinite()).nonzero()[0])].name!r} has a non-finite score")
+            return ScoreTable(g.spec, "qkv", level_edges(g.spec, "qkv"), tuple(vals.tolist()), absolute)
         scores = scores.to_dict()
     elif isinstance(scores, Mapping) and "scores" in scores and isinstance(scores["scores"], Mapping):
         g = scores.get("graph") or {}
@@ -220,22 +235,25 @@ def select_top_frac(t: ScoreTable, value: float) -> list[str]:
 def select_threshold(t: ScoreTable, value: float) -> list[str]:
     if value < 0 and t.absolute:
         raise UserError(f"|score| threshold must be >= 0, got {value}")
-    out = [n for i, n in enumerate(t.names) if t.key(i) >= value]
+    out = [t.names[i] for i in (t.keys >= value).nonzero().flatten().tolist()]
     if not out:
         raise UserError(f"empty circuit: no edge has |score| >= {value:g} (largest is "
-                        f"{max(t.key(i) for i in range(len(t.names))):.3g})")
+                        f"{float(t.keys.max()):.3g})")
     return out
 
 
 def select_percentile(t: ScoreTable, value: float) -> list[str]:
     if not 0 <= value < 100:
         raise UserError(f"percentile {value} is out of range [0, 100); 95 keeps the top 5%")
-    keys = sorted(t.key(i) for i in range(len(t.names)))
+    import torch
+
+    keys = torch.sort(t.keys).values
     pos = value / 100 * (len(keys) - 1)  # linear interpolation, as numpy.percentile
     lo = int(math.floor(pos))
     hi = min(lo + 1, len(keys) - 1)
-    cut = keys[lo] + (keys[hi] - keys[lo]) * (pos - lo)
-    return [n for i, n in enumerate(t.names) if t.key(i) >= cut]
+    k_lo, k_hi = float(keys[lo]), float(keys[hi])
+    cut = k_lo + (k_hi - k_lo) * (pos - lo)
+    return [t.names[i] for i in (t.keys >= cut).nonzero().flatten().tolist()]
 
 
 def select_greedy(t: ScoreTable, value: float) -> list[str]:
@@ -279,8 +297,11 @@ def select_circuit(scores, spec: GraphSpec | None = None, method: str = "top_fra
     if method not in SELECTORS:
         raise UserError(f"unknown selection method {method!r}; choose one of {', '.join(SELECTORS)}")
     t = score_table(scores, spec, absolute)
-    chosen = set(SELECTORS[method](t, value))
-    edges = {n: s for n, s in zip(t.names, t.scores) if n in chosen}
+    chosen = SELECTORS[method](t, value)
+    index = _level_index(t.spec, t.level)  # graph order = t.names order when every edge is scored
+    if len(t.names) != len(index):
+        index = {n: i for i, n in enumerate(t.names)}
+    edges = {t.names[i]: t.scores[i] for i in sorted(map(index.__getitem__, set(chosen)))}
     nodes: set[str] = set()
     for name in edges:
         src, dst, _ = split_edge_name(name)

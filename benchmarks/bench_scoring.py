@@ -1,19 +1,27 @@
 """Benchmark the EAP-IG scoring engine against its floor and (optionally) hannamw/EAP-IG.
 
     .venv/bin/python benchmarks/bench_scoring.py [--reference PATH] [--reference-python PY]
-        [--shapes 4x4x128,6x8x256,8x8x512] [--shape pythia-1.4b] [--n-examples 64] [--batch-size 16]
-        [--steps 5] [--device cpu|cuda] [--threads 2]
+        [--before REV] [--shapes 4x4x128,6x8x256,8x8x512] [--shape pythia-1.4b] [--n-examples 64]
+        [--batch-size 16] [--steps 5] [--device cpu|cuda] [--threads 2] [--repeats 3] [--ref-repeats N]
 
 For every GPT-NeoX shape LxHxD (random weights, the offline word tokenizer, 64 add/sub prompt pairs):
 * ours: ``eap-ig-inputs``, m steps, KL (vocab mean), left rule (the reference's convention);
 * floor: (m+1) forward passes + m backward passes (activation gradients only) of the frozen HF
-  model on the same batches, with nothing else;
+  model on the same batches, logits only at the answer positions (as ours), with nothing else (the
+  table also gives it with every position's logits, as this floor was measured before issue 19);
+* before (with ``--before REV``, e.g. 907633b): the engine of git revision REV (its ``analysis/``
+  exported with ``git archive`` to a temporary folder) timed in a subprocess on the same model and
+  data, so a before/after comparison is measured in the same run; its scores are compared with ours;
 * reference (with ``--reference PATH``, a checkout of hannamw/EAP-IG at 795f560 that you bring; its
   code is never copied into this repository): copied to a temporary folder, its hard-coded
   ``device='cuda'`` patched to the model's device in that copy, and run in a separate virtualenv
   (``--reference-python``, with transformer-lens 3.9.0, the last version with HookedTransformer) on
   the same model weights, data and batches. The scores are compared up to one constant scale
   (hannamw takes a batch mean inside the metric: its scores are ours / batch size).
+
+Timings are interleaved (each repeat runs ours, the floor, before and the reference in turn) and the
+table gives MEDIANS over ``--repeats`` (the reference: ``--ref-repeats``, default the same), with the
+1-minute load average seen during the shape (min-max): on a shared machine say so when it was busy.
 
 ``--shape pythia-1.4b`` benchmarks a Pythia-1.4B-shaped model (24x16x2048, d_mlp 8192, vocab 50304,
 random weights) at batch 32 (use ``--device cuda``) and reports time and peak memory.
@@ -83,15 +91,80 @@ loader = [([r[0] for r in rows[i:i + B]], [r[1] for r in rows[i:i + B]], [r[2] f
 g = Graph.from_model(model)
 if device == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 attribute(model, g, loader, kl, method="EAP-IG-inputs", ig_steps=job["steps"], quiet=True)
 if device == "cuda":
     torch.cuda.synchronize()
-secs = time.perf_counter() - t0
+secs, cpu = time.perf_counter() - t0, time.process_time() - c0
 peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
 scores = {name: float(e.score) for name, e in g.edges.items()}
-json.dump({"seconds": secs, "peak_bytes": peak, "scores": scores}, open(job["out"], "w"))
+json.dump({"seconds": secs, "cpu_seconds": cpu, "peak_bytes": peak, "scores": scores}, open(job["out"], "w"))
 '''
+
+
+BEFORE_DRIVER = r'''
+import json, sys, time, torch
+tree, model_dir, job = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
+sys.path.insert(0, tree)
+torch.set_num_threads(job["threads"])
+import analysis.eap
+assert analysis.eap.__file__.startswith(tree), analysis.eap.__file__
+from analysis.datasets import PromptPair
+from analysis.eap import score
+from analysis.graph import build_graph
+from analysis.models import load_model
+pairs = [PromptPair(*r) for r in job["rows"]]
+adapter = load_model(model_dir, device=job["device"], dtype="float32")
+graph = build_graph(adapter.spec)
+kw = dict(method="eap-ig-inputs", metric="kl", steps=job["steps"], ig_rule="left", batch_size=job["batch_size"])
+score(adapter, graph, pairs[:job["batch_size"]], **kw)  # warm-up
+if job["device"].startswith("cuda"):
+    torch.cuda.synchronize()
+t0, c0 = time.perf_counter(), time.process_time()
+res = score(adapter, graph, pairs, **kw)
+if job["device"].startswith("cuda"):
+    torch.cuda.synchronize()
+secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+torch.save(res.dense, job["out"])
+json.dump({"seconds": secs, "cpu_seconds": cpu}, open(job["out"] + ".json", "w"))
+'''
+
+
+def export_revision(rev: str, dest: Path) -> Path:
+    """``analysis/`` of git revision ``rev`` into ``dest`` (read-only use of the repository)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "analysis"], capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--before {rev}: git archive failed: {archive.stderr.decode()[-500:]}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def run_before(tree: Path, model_dir: Path, pairs, batch_size, steps, device, threads, work: Path):
+    """The engine of the exported revision on the same model and pairs: (seconds, dense scores)."""
+    import torch
+
+    job = {"rows": [[p.clean, p.corrupted, p.label, p.corrupted_label] for p in pairs], "batch_size": batch_size,
+           "steps": steps, "device": device, "threads": threads, "out": str(work / "before_dense.pt")}
+    (work / "before_job.json").write_text(json.dumps(job))
+    (work / "before_driver.py").write_text(BEFORE_DRIVER)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH="")
+    proc = subprocess.run([sys.executable, str(work / "before_driver.py"), str(tree), str(model_dir),
+                           str(work / "before_job.json")], env=env, capture_output=True, text=True, cwd=str(work))
+    if proc.returncode:
+        raise SystemExit(f"--before run failed:\n{proc.stderr[-3000:]}")
+    t = json.loads(Path(job["out"] + ".json").read_text())
+    return (t["seconds"], t["cpu_seconds"]), torch.load(job["out"])
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def median(xs):
+    import statistics
+
+    return statistics.median(xs) if xs else None
 
 
 def parse_shape(s: str) -> dict:
@@ -128,28 +201,36 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_floor(adapter, pairs, batch_size, steps, device) -> float:
-    """(m+1) forwards + m backwards of the frozen model (activation gradients only), same batches."""
+def time_floor(adapter, pairs, batch_size, steps, device, all_logits: bool = False) -> tuple[float, float]:
+    """(m+1) forwards + m backwards of the frozen model (activation gradients only), same batches:
+    (wall-clock, process CPU) seconds. ``all_logits``: the logits of every position, as this floor was
+    measured before issue 19 (the engine computes them only at the answer positions)."""
     import torch
 
     from analysis.metrics import kl_vocab_mean
 
     enc = adapter.encode_pairs(pairs)
     sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for st in range(0, len(pairs), batch_size):
         b = adapter.make_batch(enc, range(st, min(len(pairs), st + batch_size)))
         idx = torch.arange(len(b.last), device=b.last.device)
         ones = torch.ones_like(b.clean)
+        keep = b.keep  # logits only where the metric reads them (the answer positions), as ours
+        last = torch.searchsorted(keep, b.last)
+        if all_logits:
+            keep, last = 0, b.last  # logits_to_keep=0: every position
         with torch.no_grad():
-            target = adapter.model(input_ids=b.clean, attention_mask=ones, use_cache=False).logits[idx, b.last]
+            target = adapter.model(input_ids=b.clean, attention_mask=ones, use_cache=False,
+                                   logits_to_keep=keep).logits[idx, last]
         emb = adapter.embed(b.corrupted)
         for _ in range(steps):
             e = emb.detach().requires_grad_(True)
-            logits = adapter.model(inputs_embeds=e, attention_mask=ones, use_cache=False).logits[idx, b.last]
+            logits = adapter.model(inputs_embeds=e, attention_mask=ones, use_cache=False,
+                                   logits_to_keep=keep).logits[idx, last]
             kl_vocab_mean(logits, target).sum().backward()
     sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_reference(ref: Path, python: str, model_dir: Path, pairs, batch_size, steps, device, threads, work: Path):
@@ -157,6 +238,7 @@ def run_reference(ref: Path, python: str, model_dir: Path, pairs, batch_size, st
     if not (src / "eap" / "attribute.py").exists():
         raise SystemExit(f"--reference {ref}: no eap/attribute.py (expected a hannamw/EAP-IG checkout)")
     copy = work / "eapref"
+    shutil.rmtree(copy, ignore_errors=True)  # a fresh copy per run (repeats)
     shutil.copytree(src / "eap", copy / "eap")
     for f in (copy / "eap").glob("*.py"):  # patch the copy: hard-coded device='cuda'
         f.write_text(f.read_text().replace("device='cuda'", "device=model.cfg.device"))
@@ -192,7 +274,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=1, help="time ours and the floor N times, keep the best")
+    ap.add_argument("--repeats", type=int, default=3, help="time everything N times, report medians")
+    ap.add_argument("--ref-repeats", type=int, default=None, help="reference runs per shape (default --repeats)")
+    ap.add_argument("--before", metavar="REV", help="also time the engine of git revision REV (e.g. 907633b)")
     ap.add_argument("--reference", type=Path, help="a hannamw/EAP-IG checkout (commit 795f560)")
     ap.add_argument("--reference-python", default="/tmp/eapref-venv/bin/python",
                     help="python of a virtualenv with transformer-lens 3.9.0")
@@ -212,56 +296,136 @@ def main(argv=None):
     shapes = ([(args.shape, PRESETS[args.shape])] if args.shape
               else [(s, parse_shape(s)) for s in args.shapes.split(",")])
     pairs = make_pairs(args.n_examples)
+    ref_repeats = args.repeats if args.ref_repeats is None else args.ref_repeats
+    cuda = args.device.startswith("cuda")
     results = []
-    for name, shape in shapes:
-        B = args.batch_size or shape.get("batch") or 16
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            model_dir = build_model(work / "model", shape)
-            adapter = load_model(model_dir, device=args.device, dtype="float32")
-            graph = build_graph(adapter.spec)
-            kw = dict(method="eap-ig-inputs", metric="kl", steps=args.steps, ig_rule="left", batch_size=B)
-            score(adapter, graph, pairs[:B], **kw)  # warm-up
-            best, best_floor, res = None, None, None
-            for _ in range(args.repeats):
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                t0 = time.perf_counter()
-                res = score(adapter, graph, pairs, **kw)
-                sync(args.device)
-                t = time.perf_counter() - t0
-                best = t if best is None else min(best, t)
-                peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
-                f = time_floor(adapter, pairs, B, args.steps, args.device)
-                best_floor = f if best_floor is None else min(best_floor, f)
-            row = {"shape": name, "edges": len(graph.edges), "batch": B, "n": len(pairs), "steps": args.steps,
-                   "ours_s": best, "floor_s": best_floor, "ratio_to_floor": best / best_floor,
-                   "peak_bytes": peak, "parity": res.parity}
-            if args.reference is not None:
-                ref = run_reference(args.reference, args.reference_python, model_dir, pairs, B, args.steps,
-                                    args.device, args.threads, work)
-                c, err = compare(res.to_dict(), ref["scores"])
-                row.update(ref_s=ref["seconds"], speedup=ref["seconds"] / best, scale=c, max_rel_diff=err,
-                           ref_peak_bytes=ref["peak_bytes"])
-            results.append(row)
-            print(json.dumps(row))
+    with tempfile.TemporaryDirectory() as top:
+        tree = export_revision(args.before, Path(top) / "before") if args.before else None
+        for name, shape in shapes:
+            B = args.batch_size or shape.get("batch") or 16
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                model_dir = build_model(work / "model", shape)
+                adapter = load_model(model_dir, device=args.device, dtype="float32")
+                graph = build_graph(adapter.spec)
+                kw = dict(method="eap-ig-inputs", metric="kl", steps=args.steps, ig_rule="left", batch_size=B)
+                score(adapter, graph, pairs[:B], **kw)  # warm-up
+                loads = [load1()]
+                t_ours, t_floor, t_before, t_ref = [], [], [], []
+                c_ours, c_floor, c_before, c_ref = [], [], [], []
+                t_floor_all = []
+                res = peak = ref = before_dense = None
+                for rep in range(args.repeats):
+                    if cuda:
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    res = score(adapter, graph, pairs, **kw)
+                    sync(args.device)
+                    t_ours.append(time.perf_counter() - t0)
+                    c_ours.append(time.process_time() - c0)
+                    peak = torch.cuda.max_memory_allocated() if cuda else None
+                    w, c = time_floor(adapter, pairs, B, args.steps, args.device)
+                    t_floor.append(w)
+                    c_floor.append(c)
+                    t_floor_all.append(time_floor(adapter, pairs, B, args.steps, args.device, all_logits=True)[0])
+                    loads.append(load1())
+                    if tree is not None:
+                        (w, c), before_dense = run_before(tree, model_dir, pairs, B, args.steps, args.device,
+                                                          args.threads, work)
+                        t_before.append(w)
+                        c_before.append(c)
+                        loads.append(load1())
+                    if args.reference is not None and rep < ref_repeats:
+                        ref = run_reference(args.reference, args.reference_python, model_dir, pairs, B,
+                                            args.steps, args.device, args.threads, work)
+                        t_ref.append(ref["seconds"])
+                        c_ref.append(ref["cpu_seconds"])
+                        loads.append(load1())
+                ours, floor = median(t_ours), median(t_floor)
+                row = {"shape": name, "edges": len(graph.edges), "batch": B, "n": len(pairs), "steps": args.steps,
+                       "threads": args.threads, "repeats": args.repeats,
+                       "ours_s": ours, "floor_s": floor, "ratio_to_floor": ours / floor,
+                       "ours_all_s": t_ours, "floor_all_s": t_floor, "load1_min": min(loads), "load1_max": max(loads),
+                       "floor_all_logits_s": median(t_floor_all),
+                       "ours_cpu_s": median(c_ours), "floor_cpu_s": median(c_floor),
+                       "cpu_ratio_to_floor": median(c_ours) / median(c_floor),
+                       "peak_bytes": peak, "parity": res.parity}
+                if tree is not None:
+                    dense = res.dense.to(torch.float64)
+                    row.update(before_rev=args.before, before_s=median(t_before), before_all_s=t_before,
+                               before_ratio_to_floor=median(t_before) / floor, before_cpu_s=median(c_before),
+                               before_cpu_ratio_to_floor=median(c_before) / median(c_floor),
+                               before_max_rel_diff=float((dense - before_dense.to(torch.float64)).abs().max()
+                                                         / before_dense.abs().max()))
+                if args.reference is not None:
+                    c, err = compare(res.to_dict(), ref["scores"])
+                    row.update(ref_s=median(t_ref), ref_all_s=t_ref, speedup=median(t_ref) / ours, scale=c,
+                               max_rel_diff=err, ref_peak_bytes=ref["peak_bytes"], ref_cpu_s=median(c_ref),
+                               cpu_speedup=median(c_ref) / median(c_ours))
+                    if tree is not None:
+                        row["before_speedup"] = median(t_ref) / row["before_s"]
+                        row["before_cpu_speedup"] = median(c_ref) / row["before_cpu_s"]
+                results.append(row)
+                print(json.dumps(row), flush=True)
     print()
-    hdr = "| model (LxHxD) | edges | batch | ours (s) | floor (s) | ours/floor |"
-    if args.reference is not None:
-        hdr += " reference (s) | speed-up | scale | max rel. diff |"
-    if args.device.startswith("cuda"):
+    before = args.before is not None
+    refd = args.reference is not None
+    print(f"medians of {args.repeats} interleaved repeats ({ref_repeats} for the reference), {args.threads} "
+          f"thread(s), device {args.device}")
+    hdr = "| model (LxHxD) | edges | batch | ours (s) | floor (s) | ours/floor | floor, all logits (s) |"
+    if before:
+        hdr += f" before {args.before} (s) | before/floor |"
+    if refd:
+        hdr += " reference (s) | speed-up |"
+        if before:
+            hdr += " before speed-up |"
+        hdr += " scale | max rel. diff |"
+    if before:
+        hdr += " ours vs before |"
+    if cuda:
         hdr += " peak mem (GiB) |"
+    hdr += " load (1-min) |"
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
     for r in results:
         line = (f"| {r['shape']} | {r['edges']:,} | {r['batch']} | {r['ours_s']:.2f} | {r['floor_s']:.2f} | "
-                f"{r['ratio_to_floor']:.2f} |")
-        if args.reference is not None:
-            line += f" {r['ref_s']:.1f} | {r['speedup']:.1f}x | {r['scale']:.4g} | {r['max_rel_diff']:.1e} |"
-        if args.device.startswith("cuda"):
+                f"{r['ratio_to_floor']:.2f} | {r['floor_all_logits_s']:.2f} |")
+        if before:
+            line += f" {r['before_s']:.2f} | {r['before_ratio_to_floor']:.2f} |"
+        if refd:
+            line += f" {r['ref_s']:.1f} | {r['speedup']:.1f}x |"
+            if before:
+                line += f" {r['before_speedup']:.1f}x |"
+            line += f" {r['scale']:.4g} | {r['max_rel_diff']:.1e} |"
+        if before:
+            line += f" {r['before_max_rel_diff']:.1e} |"
+        if cuda:
             line += f" {r['peak_bytes'] / 2**30:.2f} |"
+        line += f" {r['load1_min']:.1f}-{r['load1_max']:.1f} |"
         print(line)
+    if not cuda:
+        print()
+        print("the same runs in process CPU seconds (time.process_time: robust to other jobs on a shared "
+              "machine when --threads 1)")
+        hdr = "| model (LxHxD) | ours CPU (s) | floor CPU (s) | ours/floor |"
+        if before:
+            hdr += " before CPU (s) | before/floor |"
+        if refd:
+            hdr += " reference CPU (s) | speed-up |"
+            if before:
+                hdr += " before speed-up |"
+        print(hdr)
+        print("|" + "---|" * (hdr.count("|") - 1))
+        for r in results:
+            line = f"| {r['shape']} | {r['ours_cpu_s']:.2f} | {r['floor_cpu_s']:.2f} | {r['cpu_ratio_to_floor']:.2f} |"
+            if before:
+                line += f" {r['before_cpu_s']:.2f} | {r['before_cpu_ratio_to_floor']:.2f} |"
+            if refd:
+                line += f" {r['ref_cpu_s']:.1f} | {r['cpu_speedup']:.1f}x |"
+                if before:
+                    line += f" {r['before_cpu_speedup']:.1f}x |"
+            print(line)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
