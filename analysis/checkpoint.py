@@ -16,7 +16,12 @@ from typing import Sequence
 
 import torch
 
+from analysis.adapter import ModelAdapter
+from analysis.circuit import select_circuit
+from analysis.eap import check_settings, score
 from analysis.errors import UserError
+from analysis.evaluate import evaluate
+from analysis.graph import build_graph
 
 
 @dataclass
@@ -37,7 +42,6 @@ class ScoringConfig:
         "help": "hannamw: hannamw/EAP-IG's exact numbers (analysis.eap; implies its IG rule)."})
 
     def __post_init__(self):
-        from analysis.eap import check_settings
         check_settings(self.method, self.metric, self.steps, self.ig_rule, self.batch_size, self.compat)
         if not 0 < self.top_frac <= 1:
             raise UserError(f"--top-frac must be in (0, 1], got {self.top_frac}")
@@ -104,12 +108,6 @@ def scoring_view(model):
 def score_checkpoint(model, tokenizer, pairs: Sequence, cfg: ScoringConfig,
                      progress: bool = False) -> CheckpointResult:
     """Score, select and evaluate the circuit of `model` on `pairs` (the held-out circuit split)."""
-    from analysis.adapter import ModelAdapter
-    from analysis.circuit import select_circuit
-    from analysis.eap import score
-    from analysis.evaluate import evaluate
-    from analysis.graph import build_graph
-
     pairs = list(pairs)[: cfg.max_examples] if cfg.max_examples else list(pairs)
     with scoring_view(model) as plain:
         adapter = ModelAdapter(plain, tokenizer)

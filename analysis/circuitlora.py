@@ -33,17 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from analysis.errors import UserError
-
-# The module-name prefix of decoder layer i per architecture (group 1 = the layer index). The LoRA
-# target modules of each are `analysis.training.TARGET_MODULES`.
-LAYER_PATHS = {
-    "gpt_neox": r"gpt_neox\.layers\.(\d+)\.",     # attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h
-    "gpt2": r"transformer\.h\.(\d+)\.",           # attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (Conv1D)
-    "gpt_neo": r"transformer\.h\.(\d+)\.",        # attn.attention.{q,k,v,out}_proj, mlp.c_fc, mlp.c_proj
-    "opt": r"model\.decoder\.layers\.(\d+)\.",    # self_attn.{q,k,v,out}_proj, fc1, fc2
-    "llama": r"model\.layers\.(\d+)\.",           # self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj
-}
+from analysis.architectures import lookup
+from analysis.errors import UserError, read_json_file
 
 # method.md 3.3: CircuitLoRA's learning rate for critical modules, per task (and r_c where it differs);
 # the other modules use the task's LoRA rate (3e-4).
@@ -94,14 +85,12 @@ class ModelShape:
 
     @classmethod
     def from_model(cls, model) -> "ModelShape":
-        """From a loaded transformers model (not peft-wrapped)."""
-        from analysis.training import target_modules
-
+        """From a loaded transformers model (not peft-wrapped). Target modules and layer naming: the
+        registry's (:mod:`analysis.architectures`)."""
         model_type = model.config.model_type
-        targets = target_modules(model_type)
-        if model_type not in LAYER_PATHS:
-            raise UserError(f"no decoder-layer naming known for {model_type!r}; known: {', '.join(LAYER_PATHS)}")
-        layer_re = re.compile(LAYER_PATHS[model_type])
+        arch = lookup(model_type)
+        targets = arch.lora_targets
+        layer_re = re.compile(arch.layer_regex)
         modules = []
         for name, mod in model.named_modules():
             if name.rsplit(".", 1)[-1] not in targets:
@@ -112,8 +101,8 @@ class ModelShape:
             m = layer_re.match(name)
             if not m:
                 raise UserError(f"target module {name} of {model_type} lies outside the decoder layers "
-                                f"({LAYER_PATHS[model_type]})")
-            if type(mod).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+                                f"({arch.layer_regex})")
+            if arch.fan_in_fan_out:  # Conv1D (GPT-2) stores (in, out)
                 fan_in, fan_out = weight.shape
             else:
                 fan_out, fan_in = weight.shape
@@ -127,6 +116,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config_or_path) -> "ModelShape":
         """From a config (object, local folder or hub name), built on the meta device: no weights."""
+        # imported here: plans are read and checked without torch (analysis.training imports this module)
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -231,21 +221,14 @@ class CircuitLoRAPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CircuitLoRAPlan":
-        if d.get("format") != "circuitshift.circuitlora.plan/1":
+        if not isinstance(d, dict) or d.get("format") != "circuitshift.circuitlora.plan/1":
             raise UserError("not a CircuitLoRA plan (format circuitshift.circuitlora.plan/1)")
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
     def load(cls, path: Path | str) -> "CircuitLoRAPlan":
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except OSError as exc:
-            raise UserError(f"cannot read plan {p}: {exc.strerror}") from None
-        except ValueError:
-            raise UserError(f"plan {p} is not JSON") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_json_file(path, "CircuitLoRA plan"))
 
 
 def lora_trainable(shape: ModelShape, rank_of: dict[str, int]) -> int:

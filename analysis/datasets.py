@@ -30,17 +30,20 @@ from pathlib import Path
 
 from analysis.errors import UserError
 
-SPLITS = ("finetune", "circuit")
-MANIFEST = "manifest.json"
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
-
 
 @dataclass(frozen=True)
 class PromptPair:
+    """One row of a dataset: clean and corrupted prompts, the clean answer and optionally the corrupted one."""
+
     clean: str
     corrupted: str
     label: str
     corrupted_label: str | None = None
+
+
+SPLITS = ("finetune", "circuit")
+MANIFEST = "manifest.json"
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def read_pairs_csv(path: Path) -> list[PromptPair]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from analysis.adapter import Batch, ModelAdapter
-from analysis.graph import Graph, kv_representative, n_upstream_for_layer
+from analysis.graph import Graph
 
 Tensor = torch.Tensor
 
@@ -41,7 +41,7 @@ def absent_matrix(graph: Graph, qkv_edges, dtype=torch.float32) -> Tensor:
     input (``u->a1.h3<k>`` -> ``u->a1.h2<k>`` for groups of 2), as a head-level circuit expands to."""
     inside = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
     if qkv_edges:
-        pos = [graph.edge_position(kv_representative(graph.spec, n)) for n in qkv_edges]
+        pos = [graph.edge_position(graph.spec.kv_representative(n)) for n in qkv_edges]
         rows, cols = zip(*pos)
         inside[list(rows), list(cols)] = True
     return (graph.mask & ~inside).to(dtype)
@@ -60,22 +60,19 @@ class PatchedRunner:
         self.e_clean = adapter.embed(batch.clean)
         self.corr = torch.zeros(graph.n_src, B, P, adapter.d_model, dtype=self.acc, device=adapter.device)
         self.corr[0] = adapter.embed(batch.corrupted).to(self.acc)
-        H = adapter.n_heads
+        spec, H = graph.spec, adapter.n_heads
 
         def on_z(l, z):
-            r = self._row0(l)
+            r = spec.head_row(l)
             self.corr[r:r + H] = adapter.head_outputs(l, z, self.acc)
 
         def on_mlp(l, out):
-            self.corr[self._row0(l) + H] = out.to(self.acc)
+            self.corr[spec.mlp_row(l)] = out.to(self.acc)
 
         with torch.no_grad(), adapter.hooks(on_z=on_z, on_mlp_out=on_mlp):
             self.corrupted_logits = self._logits(batch.corrupted)
         with torch.no_grad():
             self.clean_logits = self._logits(batch.clean)
-
-    def _row0(self, l: int) -> int:
-        return 1 + l * (self.a.n_heads + 1)
 
     def _logits(self, tokens: Tensor) -> Tensor:
         out = self.a.model(input_ids=tokens, attention_mask=self.ones, use_cache=False,
@@ -85,7 +82,7 @@ class PatchedRunner:
     def run(self, absent: Tensor, force: bool = False) -> Tensor:
         """Answer-position logits (B, A, V) of the clean run with every ``absent`` edge patched."""
         a, g, acc = self.a, self.g, self.acc
-        H, L, D = a.n_heads, a.n_layers, a.d_model
+        spec, H, L = g.spec, a.n_heads, a.n_layers
         absent = absent.to(a.device, acc)
         diff = torch.empty_like(self.corr)
         diff[0] = self.corr[0] - self.e_clean.to(acc)
@@ -102,11 +99,11 @@ class PatchedRunner:
             return (w.T @ flat[:n_up]).view(w.shape[1], *shape)  # (n_dst, B, P, D)
 
         def on_z(m, args, l):
-            r = self._row0(l)
+            r = spec.head_row(l)
             diff[r:r + H] = self.corr[r:r + H] - a.head_outputs(l, args[0], acc)
 
         def on_mlp(m, args, out, l):
-            r = self._row0(l) + H
+            r = spec.mlp_row(l)
             diff[r] = self.corr[r] - out.to(acc).view(shape)  # OPT's MLP output is (B*P, D)
 
         def on_attn_ln(m, args, l):
@@ -114,8 +111,7 @@ class PatchedRunner:
                 x_attn[l] = args[0]
 
         def on_qkv(m, args, out, l, p):
-            c0 = l * (3 * H + 1)
-            d = delta(n_upstream_for_layer(g.spec, l), c0 + p.cols)
+            d = delta(spec.n_upstream(l), spec.col0(l) + p.cols)
             if d is None and not force:
                 return None
             x = x_attn[l]
@@ -142,17 +138,16 @@ class PatchedRunner:
 
         try:
             for l in range(L):
-                c0 = l * (3 * H + 1)
                 handles += [
                     a.o_proj(l).register_forward_pre_hook(lambda m, args, l=l: on_z(m, args, l)),
                     a.mlp(l).register_forward_hook(lambda m, args, out, l=l: on_mlp(m, args, out, l)),
                     a.attn_ln(l).register_forward_pre_hook(lambda m, args, l=l: on_attn_ln(m, args, l)),
                     a.mlp_ln(l).register_forward_pre_hook(
-                        shift(n_upstream_for_layer(g.spec, l, mlp=True), c0 + 3 * H)),
+                        shift(spec.n_upstream(l, mlp=True), spec.mlp_col(l))),
                 ]
                 handles += [p.module.register_forward_hook(lambda m, args, out, l=l, p=p: on_qkv(m, args, out, l, p))
                             for p in a.qkv_projs(l)]
-            handles.append(a.final_ln().register_forward_pre_hook(shift(g.n_src, g.n_dst - 1)))
+            handles.append(a.final_ln().register_forward_pre_hook(shift(g.n_src, spec.logits_col)))
             with torch.no_grad():
                 return self._logits(self.b.clean)
         finally:

@@ -66,3 +66,17 @@ def file_hash(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def weights_sha256(model, dtype: str = "float32") -> str:
+    """sha256 over a model's floating-point weights (state-dict names sorted, each cast to `dtype` and
+    hashed as raw bytes): tests and benchmarks check with it that they rebuilt the very weights a stored
+    reference was made from."""
+    import torch  # here, so that importing provenance stays torch-free for `circuitshift db`
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if t.is_floating_point():
+            h.update(name.encode())
+            h.update(t.detach().to(getattr(torch, dtype)).contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -10,7 +10,9 @@ word-level tokenizer of :mod:`analysis.tokenizer` into ``out_dir`` with ``save_p
   so that the local layers really differ from global ones on short prompts;
 * ``opt``: pre-LN (as OPT-125m and OPT >= 1.3b), ReLU MLP, word_embed_proj_dim = d_model;
 * ``llama``: RMSNorm, rotary, SwiGLU, grouped-query attention with ``n_kv_heads`` kv-heads (default
-  n_heads // 2 when n_heads is even, so tiny Llamas exercise GQA).
+  n_heads // 2 when n_heads is even, so tiny Llamas exercise GQA);
+* ``qwen2`` and ``gemma`` (only the TransformerLens backend scores them): Llama's shape, Qwen2 with
+  q/k/v biases, Gemma with (1 + weight) RMSNorms and a scaled, tied embedding.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from analysis.errors import UserError
 
-TINY_ARCHS = ("gpt_neox", "gpt2", "gpt_neo", "opt", "llama")
+TINY_ARCHS = ("gpt_neox", "gpt2", "gpt_neo", "opt", "llama", "qwen2", "gemma")
 
 
 def tiny_config(arch: str, n_layers: int, n_heads: int, d_model: int, vocab_size: int, n_ctx: int = 256,
@@ -58,17 +60,19 @@ def tiny_config(arch: str, n_layers: int, n_heads: int, d_model: int, vocab_size
                          num_attention_heads=n_heads, ffn_dim=d_mlp, max_position_embeddings=n_ctx,
                          word_embed_proj_dim=d_model, do_layer_norm_before=True, dropout=0.0, attention_dropout=0.0,
                          activation_function="relu", enable_bias=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    if arch == "llama":
-        from transformers import LlamaConfig
+    if arch in ("llama", "qwen2", "gemma"):
+        from transformers import GemmaConfig, LlamaConfig, Qwen2Config
 
         if n_kv_heads is None:
             n_kv_heads = n_heads // 2 if n_heads % 2 == 0 else n_heads
         if n_kv_heads <= 0 or n_heads % n_kv_heads:
             raise UserError(f"n_kv_heads {n_kv_heads} must divide n_heads {n_heads}")
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp,
-                           num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                           max_position_embeddings=n_ctx, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                           attention_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        shape = dict(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                     num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=n_ctx,
+                     rms_norm_eps=1e-6, attention_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        if arch == "gemma":  # Gemma's default head_dim (256) is not d_model / n_heads; it ties embeddings
+            return GemmaConfig(head_dim=d_model // n_heads, **shape)
+        return (LlamaConfig if arch == "llama" else Qwen2Config)(tie_word_embeddings=False, **shape)
     raise UserError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
 
 

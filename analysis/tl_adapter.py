@@ -25,8 +25,8 @@ here (the native adapter scores them).
 
 The adapter duck-types :class:`analysis.adapter.ModelAdapter` for the engine (:mod:`analysis.eap`):
 the same ``hooks(...)`` callbacks, ``embed``, ``head_outputs``, ``qkv_input_grads``, and the native
-adapter's own tokenisation (``encode_pairs`` / ``make_batch`` are ModelAdapter's functions, so both
-backends score identical token batches). Two differences, both inside this module: ``on_z`` receives
+adapter's own tokenisation (``encode_pairs`` / ``make_batch`` from :class:`analysis.encoding.PairEncoding`,
+so both backends score identical token batches). Two differences, both inside this module: ``on_z`` receives
 TL's per-head results (B, P, H, D) rather than the o-projection input, and ``grad_qkv`` receives the
 per-head input gradients (q (B, P, H, D), k and v (B, P, G, D), one per kv-head with grouped-query
 attention) rather than projection output gradients; ``head_outputs`` / ``qkv_input_grads`` lay them
@@ -41,13 +41,18 @@ from __future__ import annotations
 import copy
 import warnings
 from contextlib import contextmanager
+from importlib.metadata import version
 from typing import Callable
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from analysis.adapter import ModelAdapter
+from analysis.architectures import graph_shape, lookup
+from analysis.encoding import PairEncoding
 from analysis.errors import UserError
 from analysis.graph import GraphSpec
+from analysis.models import ModelInfo, load_causal_lm, model_revision, resolve_dtype, resolve_model_source
 
 Tensor = torch.Tensor
 BACKEND = "transformer-lens"
@@ -58,6 +63,8 @@ def _boot(model, tokenizer, source: str | None):
     """The TL bridge around ``model`` with the hooks EAP-IG needs, or a one-line UserError."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # imported here: transformer_lens is heavy and only this backend needs it; its import warnings
+        # are silenced with the boot's
         from transformer_lens.model_bridge import TransformerBridge
 
         arch = getattr(model.config, "model_type", None)
@@ -78,8 +85,6 @@ def _boot(model, tokenizer, source: str | None):
 
 
 def _tl_version() -> str:
-    from importlib.metadata import version
-
     return version("transformer-lens")
 
 
@@ -110,20 +115,17 @@ def _observe(layer: int, on_out, override):
     return hook
 
 
-class TLAdapter:
-    """A frozen HF causal LM scored through TransformerLens hooks (the module docstring)."""
+class TLAdapter(PairEncoding):
+    """A frozen HF causal LM scored through TransformerLens hooks (the module docstring). Its
+    tokenisation is the native adapter's (:class:`analysis.encoding.PairEncoding`): identical token
+    batches for both backends."""
 
     backend = BACKEND
-    encode_pairs = ModelAdapter.encode_pairs  # identical token batches for both backends
-    make_batch = ModelAdapter.make_batch
-    answer_ids = ModelAdapter.answer_ids
-    token_id = ModelAdapter.token_id
-    bos_id = ModelAdapter.bos_id
-    pad_id = ModelAdapter.pad_id
 
     def __init__(self, model, tokenizer, source: str | None = None):
         cfg = model.config
         self.spec = GraphSpec.from_hf_config(cfg)  # the graph must know the architecture first
+        self.architecture = lookup(cfg.model_type)  # the registry entry, as ModelAdapter.architecture
         self.arch: str = cfg.model_type
         self.model = model.eval()
         for p in self.model.parameters():
@@ -222,11 +224,6 @@ def load_tl_model(name_or_path, dtype="float32", device="cpu"):
     TL's bridge know. Architectures the native adapter also knows load through
     :func:`analysis.models.load_causal_lm` (GGUF and shipped models too); others from a local folder
     (or the hub) with transformers directly."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from analysis.adapter import SUPPORTED_ARCHITECTURES
-    from analysis.models import ModelInfo, load_causal_lm, model_revision, resolve_dtype, resolve_model_source
-
     source = resolve_model_source(name_or_path)
     if source.gguf_file:
         model, tok, info = load_causal_lm(name_or_path, dtype=dtype, device=device)
@@ -236,8 +233,8 @@ def load_tl_model(name_or_path, dtype="float32", device="cpu"):
         config = AutoConfig.from_pretrained(source.path, local_files_only=local)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {source.label!r}: {' '.join(str(exc).split())[:300]}") from None
-    GraphSpec.from_hf_config(config)  # a UserError naming the architectures the graph knows
-    if config.model_type in SUPPORTED_ARCHITECTURES:
+    graph_shape(config)  # a UserError naming the architectures the graph knows
+    if not lookup(config.model_type).tl_only:
         model, tok, info = load_causal_lm(name_or_path, dtype=dtype, device=device)
         return TLAdapter(model, tok, source=info.path), info
     torch_dtype = resolve_dtype(dtype)

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from analysis.tasks.words import template_texts
+
 EOT = "<|endoftext|>"
 UNK = "<unk>"
 # A piece is a run of letters, a run of digits, a newline, or one punctuation mark; spaces are removed.
@@ -27,11 +32,6 @@ def build_word_tokenizer(out_dir: Path, max_number: int = 999, extra_words: tupl
     `AutoTokenizer.from_pretrained(out_dir)` loads it back. With `max_number=200`, "345" becomes the two
     tokens "34", "##5" (decoded back to "345").
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from analysis.tasks.words import template_texts
-
     if max_number < 9:
         raise ValueError("max_number must be at least 9 (every digit is a token)")
     pre = pre_tokenizers.Sequence([
@@ -59,8 +59,14 @@ def build_word_tokenizer(out_dir: Path, max_number: int = 999, extra_words: tupl
     vocab = {tok: i for i, tok in enumerate(words)}
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##",
                                      max_input_chars_per_word=100))
+    return _saved(tok, pre, decoders.WordPiece(prefix="##", cleanup=False), out_dir)
+
+
+def _saved(tok: Tokenizer, pre, decoder, out_dir: Path) -> PreTrainedTokenizerFast:
+    """``tok`` with its pre-tokenizer and decoder as a PreTrainedTokenizerFast (bos = eos = pad =
+    EOT, as Pythia's), saved into ``out_dir``."""
     tok.pre_tokenizer = pre
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok.decoder = decoder
     tok.add_special_tokens([EOT, UNK])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT,
                                    unk_token=UNK)
@@ -81,11 +87,6 @@ def build_digit_tokenizer(out_dir: Path, extra_words: tuple[str, ...] = ()):
     words, so multi-token answers and leading-space labels are exercised offline the way a modern
     pretrained tokenizer (SmolLM2, Llama-3, Qwen2) exercises them. Every word of the task templates is
     in the vocabulary with and without its leading space."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from analysis.tasks.words import template_texts
-
     pre = pre_tokenizers.Split(Regex(_DIGIT_PIECE), behavior="isolated")
     words = [EOT, UNK, "\n", " "] + [str(d) for d in range(10)]
     for text in template_texts() + list(_EXTRA_WORDS) + list(extra_words):
@@ -95,12 +96,4 @@ def build_digit_tokenizer(out_dir: Path, extra_words: tuple[str, ...] = ()):
                 if form and form not in words:
                     words.append(form)
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=UNK))
-    tok.pre_tokenizer = pre
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens([EOT, UNK])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT,
-                                   unk_token=UNK)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out_dir))
-    return fast
+    return _saved(tok, pre, decoders.Fuse(), out_dir)

@@ -6,25 +6,15 @@ Nothing here touches the database; `ingest/job.py` runs the training loop and th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+from analysis.architectures import lookup
+from analysis.circuitlora import ModelShape, check_pattern_keys, check_wrapped
 from analysis.errors import UserError
 
 METHODS = ("lora", "full", "adalora", "ia3")
-
-# Linear modules per architecture (method.md 3.2: every nn.Linear except the output embedding).
-TARGET_MODULES = {
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
-    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
-FEEDFORWARD_MODULES = {
-    "gpt_neox": ["dense_h_to_4h", "dense_4h_to_h"], "gpt2": ["c_fc"], "gpt_neo": ["c_fc", "c_proj"],
-    "opt": ["fc1", "fc2"], "llama": ["gate_proj", "up_proj", "down_proj"],
-}
 
 
 @dataclass(frozen=True)
@@ -204,7 +194,7 @@ class CausalLMExamples:
 
     def __init__(self, pairs: Sequence, tokenizer, max_length: int | None = None, separator: str = "\n",
                  bos: bool = False):
-        import torch
+        import torch  # here: TrainConfig stays importable without torch
 
         eos = tokenizer.eos_token_id
         if eos is None:
@@ -236,27 +226,25 @@ class CausalLMExamples:
 
 
 def target_modules(model_type: str) -> list[str]:
-    if model_type not in TARGET_MODULES:
-        raise UserError(f"no LoRA target modules known for {model_type!r}; known: "
-                        + ", ".join(TARGET_MODULES))
-    return TARGET_MODULES[model_type]
+    """The LoRA target modules of an architecture (the registry's, :mod:`analysis.architectures`)."""
+    return list(lookup(model_type).lora_targets)
 
 
 def wrap_for_training(model, cfg: TrainConfig, total: int):
     """The model to train: peft-wrapped for lora/adalora/ia3 (as method.md 3.2-3.4), itself for full."""
-    model_type = model.config.model_type
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+    # imported here: peft imports torch, and TrainConfig must stay importable without it (the CLI)
     from peft import AdaLoraConfig, IA3Config, LoraConfig, get_peft_model
 
-    targets = target_modules(model_type)
-    fan_in_fan_out = model_type == "gpt2"  # GPT-2's Conv1D stores weights transposed
+    arch = lookup(model.config.model_type)
+    targets = list(arch.lora_targets)
+    fan_in_fan_out = arch.fan_in_fan_out  # GPT-2's Conv1D stores weights transposed
     if cfg.method == "lora":
         rank_pattern, alpha_pattern = dict(cfg.rank_pattern or {}), dict(cfg.alpha_pattern or {})
         if rank_pattern or alpha_pattern:  # CircuitLoRA: an unmatched key is an error, not ignored
-            from analysis.circuitlora import ModelShape, check_pattern_keys
             names = [m.name for m in ModelShape.from_model(model).modules]
             check_pattern_keys(rank_pattern, names, "rank_pattern")
             check_pattern_keys(alpha_pattern, names, "alpha_pattern")
@@ -264,7 +252,6 @@ def wrap_for_training(model, cfg: TrainConfig, total: int):
                         target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM",
                         rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
         if rank_pattern or alpha_pattern:
-            from analysis.circuitlora import check_wrapped
             wrapped = get_peft_model(model, pc)
             check_wrapped(wrapped, rank_pattern, alpha_pattern, cfg.rank, 2 * cfg.rank)
             return wrapped
@@ -274,7 +261,7 @@ def wrap_for_training(model, cfg: TrainConfig, total: int):
                            beta1=0.85, beta2=0.85, orth_reg_weight=0.05, lora_alpha=32, lora_dropout=0.0,
                            target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
     else:
-        pc = IA3Config(target_modules=targets, feedforward_modules=FEEDFORWARD_MODULES[model_type],
+        pc = IA3Config(target_modules=targets, feedforward_modules=list(arch.ia3_feedforward),
                        fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
     return get_peft_model(model, pc)
 
@@ -284,9 +271,7 @@ def build_optimizer(model, cfg: TrainConfig):
     the config has no groups (the Trainer then builds its default optimizer)."""
     if not cfg.lr_groups:
         return None
-    import re
-
-    import torch
+    import torch  # here: TrainConfig stays importable without torch
 
     groups = [{"name": g["name"], "lr": float(g["lr"]), "re": re.compile(g["pattern"]), "params": []}
               for g in cfg.lr_groups]

@@ -265,6 +265,17 @@ def compare(ours: dict, ref: dict) -> tuple[float, float]:
     return c, float((b - c * a).abs().max() / b.abs().max())
 
 
+
+def ref_header(label: str, before: bool) -> str:
+    """The reference's table columns: its time, our speed-up, and (with --before) the old speed-up."""
+    return f" {label} | speed-up |" + (" before speed-up |" if before else "")
+
+
+def ref_cells(r: dict, time_key: str, speedup_key: str, before: bool) -> str:
+    cells = f" {r[time_key]:.1f} | {r[speedup_key]:.1f}x |"
+    return cells + (f" {r['before_' + speedup_key]:.1f}x |" if before else "")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4x4x128,6x8x256,8x8x512", help="GPT-NeoX shapes LxHxD")
@@ -377,10 +388,7 @@ def main(argv=None):
     if before:
         hdr += f" before {args.before} (s) | before/floor |"
     if refd:
-        hdr += " reference (s) | speed-up |"
-        if before:
-            hdr += " before speed-up |"
-        hdr += " scale | max rel. diff |"
+        hdr += ref_header("reference (s)", before) + " scale | max rel. diff |"
     if before:
         hdr += " ours vs before |"
     if cuda:
@@ -394,10 +402,7 @@ def main(argv=None):
         if before:
             line += f" {r['before_s']:.2f} | {r['before_ratio_to_floor']:.2f} |"
         if refd:
-            line += f" {r['ref_s']:.1f} | {r['speedup']:.1f}x |"
-            if before:
-                line += f" {r['before_speedup']:.1f}x |"
-            line += f" {r['scale']:.4g} | {r['max_rel_diff']:.1e} |"
+            line += ref_cells(r, "ref_s", "speedup", before) + f" {r['scale']:.4g} | {r['max_rel_diff']:.1e} |"
         if before:
             line += f" {r['before_max_rel_diff']:.1e} |"
         if cuda:
@@ -412,9 +417,7 @@ def main(argv=None):
         if before:
             hdr += " before CPU (s) | before/floor |"
         if refd:
-            hdr += " reference CPU (s) | speed-up |"
-            if before:
-                hdr += " before speed-up |"
+            hdr += ref_header("reference CPU (s)", before)
         print(hdr)
         print("|" + "---|" * (hdr.count("|") - 1))
         for r in results:
@@ -422,9 +425,7 @@ def main(argv=None):
             if before:
                 line += f" {r['before_cpu_s']:.2f} | {r['before_cpu_ratio_to_floor']:.2f} |"
             if refd:
-                line += f" {r['ref_cpu_s']:.1f} | {r['cpu_speedup']:.1f}x |"
-                if before:
-                    line += f" {r['before_cpu_speedup']:.1f}x |"
+                line += ref_cells(r, "ref_cpu_s", "cpu_speedup", before)
             print(line)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -35,27 +35,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from faults import ARCH, PrivateServer, census, contents, run_record, synthetic  # noqa: E402
-from queries import statements as S  # noqa: E402
+from faults import ARCH, PrivateServer, census, contents, run_record, synthetic, train_like  # noqa: E402
+from queries.cypher import admin as S  # noqa: E402
 from queries.background import BackgroundWriter  # noqa: E402
 from queries.components import Architecture  # noqa: E402
 from queries.spool import SpoolingWriter, pending  # noqa: E402
 from queries.writer import CircuitWriter  # noqa: E402
 
 DB = "neo4j"
-
-
-def job(writer, run_id, steps, pace, produced, errors):
-    try:
-        writer.ensure_run(run_record(run_id), ARCH)
-        done = set(writer.complete_steps(run_id))
-        for step in steps:
-            if step not in done:
-                writer.write_checkpoint(run_id, ARCH, synthetic(ARCH, step))
-            produced.append(step)
-            time.sleep(pace)
-    except Exception as exc:  # noqa: BLE001 - reported in the table
-        errors.append(repr(exc))
 
 
 def wait_until_answering(ps, timeout: float = 180.0) -> float:
@@ -79,7 +66,7 @@ def trial(ps, monitor, spool, run_id, steps, args, rng, ref) -> dict:
         outer = BackgroundWriter(writer) if args.background else writer
         produced: list[int] = []
         errors: list[str] = []
-        thread = threading.Thread(target=job, args=(outer, run_id, steps, args.pace, produced, errors))
+        thread = threading.Thread(target=train_like, args=(outer, run_id, steps, args.pace, errors, produced))
         t0 = time.perf_counter()
         thread.start()
         kill_at = rng.uniform(0.1, args.kill_within)
@@ -113,7 +100,7 @@ def trial(ps, monitor, spool, run_id, steps, args, rng, ref) -> dict:
             "trial_s": round(time.perf_counter() - t0, 1), "left": len(left or []),
             "lost": len(set(steps) - set(got)),
             "duplicates": sum(n - 1 for n in per_step.values()) + sum(r["rels"] != r["n_in_graph"] for r in rows),
-            "different": sum(got[s] != ref[s] for s in got), "errors": errors}
+            "different": sum(got[s] != ref[s] for s in got), "errors": [e if isinstance(e, str) else repr(e) for e in errors]}
 
 
 def disk_full(args) -> int:

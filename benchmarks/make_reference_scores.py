@@ -25,7 +25,6 @@ model's device (the only change).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from analysis.provenance import weights_sha256  # noqa: E402
 
 REFERENCE_COMMIT = "795f560"
 OUT = ROOT / "tests" / "data" / "hannamw"
@@ -52,18 +53,6 @@ PAIRS = [  # clean, corrupted, label, corrupted_label (single tokens: the refere
     ["LCM(2, 3) =", "LCM(4, 5) =", "6", "20"],
     [f"{PFX} 6 + 1 =", f"{PFX} 6 - 1 =", "7", "5"],
 ]
-
-
-def weights_sha256(model) -> str:
-    """sha256 over the state dict (names sorted, float32 bytes): the test checks it rebuilt these weights."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if t.is_floating_point():
-            h.update(name.encode())
-            h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def copy_reference(ref: Path, work: Path) -> Path:

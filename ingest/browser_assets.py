@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,11 +30,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
+from queries.exploration import guide_html
+from queries.server.local import _pid_alive  # one definition of "is this process alive"
+
 ASSETS = {"/style.grass": ("style.grass", "text/plain; charset=utf-8"),
           "/guide.html": ("guide.html", "text/html; charset=utf-8")}
 
 
 def asset_bytes(name: str) -> bytes:
+    """A served file: the guide is generated from the named statements (queries/exploration.py), so it
+    can never go stale; the style sheet is queries/browser/style.grass."""
+    if name == "guide.html":
+        return guide_html().encode()
     return resources.files("queries.browser").joinpath(name).read_bytes()
 
 
@@ -122,7 +130,6 @@ def saved_port(home: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    from queries.server.local import _pid_alive  # one definition of "is this process alive"
     return _pid_alive(pid)
 
 
@@ -146,7 +153,6 @@ def start_detached(home: Path, port: int, timeout: float = 10.0) -> int:
                             start_new_session=True)
     log.close()
     _state_file(home).write_text(json.dumps({"pid": proc.pid, "port": port}))
-    import socket
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:

@@ -1,6 +1,7 @@
 """The `circuitshift` command line.
 
-Sub-commands are loaded lazily from their own modules, so `circuitshift db status` never imports torch,
+Sub-commands are loaded lazily from their own modules (ingest/commands/, one per command group; the
+jobs they run are in ingest/jobs/), so `circuitshift db status` never imports torch,
 and `--help` lists every command without loading any of them. A user mistake (UserError, or a database
 that refuses us) prints one `error:` line and exits 2; anything else is a bug and keeps its traceback.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import os
 import sys
 
 import click
@@ -17,20 +20,20 @@ from analysis.errors import UserError
 
 # name -> (module, attribute, one-line help). Modules that are not in this checkout are not listed.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "db": ("ingest.cli_db", "db", "Run the local Neo4j server: start, stop, status, init."),
-    "import": ("ingest.cli_import", "import_group", "Import circuits people already have (EAP-IG JSON)."),
-    "export": ("ingest.cli_export", "export", "Export a stored circuit as GraphML, GEXF or EAP-IG JSON."),
-    "query": ("ingest.cli_query", "query", "The paper's questions as Cypher queries over stored circuits."),
-    "cypher": ("ingest.cli_query", "cypher", "Run ad hoc Cypher in a read-only transaction."),
-    "data": ("ingest.cli_data", "data", "Build and inspect task datasets (clean/corrupted prompt pairs)."),
-    "score": ("ingest.cli_score", "score", "Score every edge of a model's graph with EAP / EAP-IG."),
-    "circuit": ("ingest.cli_circuit", "circuit", "Select circuits from scores and evaluate them."),
-    "ingest": ("ingest.cli_ingest", "ingest", "Fine-tune and stream every checkpoint's circuit into Neo4j."),
-    "demo": ("ingest.cli_demo", "demo", "The end-to-end demo on a small local model."),
-    "circuitlora": ("ingest.cli_circuitlora", "circuitlora", "CircuitLoRA: plan and train from critical layers."),
-    "experiment": ("ingest.cli_experiment", "experiment", "Run the paper's method comparison."),
-    "report": ("ingest.cli_report", "report", "Figures and an HTML report of a stored run."),
-    "robustness": ("ingest.cli_robustness", "robustness", "Circuit robustness and a resampling-noise baseline."),
+    "db": ("ingest.commands.db", "db", "Run the local Neo4j server: start, stop, status, init."),
+    "import": ("ingest.commands.imports", "import_group", "Import circuits people already have (EAP-IG JSON)."),
+    "export": ("ingest.commands.export", "export", "Export a stored circuit as GraphML, GEXF or EAP-IG JSON."),
+    "query": ("ingest.commands.query", "query", "The paper's questions as Cypher queries over stored circuits."),
+    "cypher": ("ingest.commands.query", "cypher", "Run ad hoc Cypher in a read-only transaction."),
+    "data": ("ingest.commands.data", "data", "Build and inspect task datasets (clean/corrupted prompt pairs)."),
+    "score": ("ingest.commands.score", "score", "Score every edge of a model's graph with EAP / EAP-IG."),
+    "circuit": ("ingest.commands.circuit", "circuit", "Select circuits from scores and evaluate them."),
+    "ingest": ("ingest.commands.ingest", "ingest", "Fine-tune and stream every checkpoint's circuit into Neo4j."),
+    "demo": ("ingest.commands.demo", "demo", "The end-to-end demo on a small local model."),
+    "circuitlora": ("ingest.commands.circuitlora", "circuitlora", "CircuitLoRA: plan and train from critical layers."),
+    "experiment": ("ingest.commands.experiment", "experiment", "Run the paper's method comparison."),
+    "report": ("ingest.commands.report", "report", "Figures and an HTML report of a stored run."),
+    "robustness": ("ingest.commands.robustness", "robustness", "Circuit robustness and a resampling-noise baseline."),
 }
 
 
@@ -70,10 +73,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
     logging.getLogger("neo4j").setLevel(logging.ERROR)  # retries are ours to report, in one line
     try:
         rv = cli.main(args=argv, prog_name="circuitshift", standalone_mode=False)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except Exception as exc:  # the driver's errors are user-facing too (bad password, server down)
         if type(exc).__module__.startswith("neo4j"):
-            from queries.connection import explain
+            from queries.connection import explain  # neo4j: loaded only when it failed
             click.echo(f"error: {_one_line(explain(exc, 'the database'))}", err=True)
             sys.exit(2)
         raise

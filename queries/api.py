@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from analysis.errors import UserError
-from queries import library as Q
+from queries.catalog import StoredRecords
 from queries.components import Architecture
+from queries.cypher import questions as Q
 from queries.prune import prune_keys
 
 Mode = Literal["in_graph", "top_n", "top_frac", "threshold", "percentile"]
@@ -145,8 +146,9 @@ def _arch(row: dict) -> Architecture:
     return Architecture(row["n_layers"], row["n_heads"], row["parallel"], row.get("n_kv_heads"))
 
 
-class Store:
-    """Runs the library's statements on one database (READ routing: works on clusters and Aura)."""
+class Store(StoredRecords):
+    """Runs the named statements of queries/cypher/ on one database (READ routing: works on clusters
+    and Aura); the reads of stored records come from StoredRecords (queries/catalog.py)."""
 
     def __init__(self, driver, database: str | None = None):
         self.driver = driver
@@ -162,15 +164,15 @@ class Store:
         run, step = parse_ref(ref)
         rows = self.read(Q.RESOLVE_CHECKPOINT, run=run, step=step)
         if not rows:
-            known = self.read(Q.RUN_INFO, run=run)
+            known = self.run_info(run)
             if not known:
                 raise UserError(f"no run {run!r} in the database")
             raise UserError(f"run {run!r} has no complete checkpoint at step {step}; "
-                            f"steps: {known[0]['steps']}")
+                            f"steps: {known['steps']}")
         r = rows[0]
         return CircuitRef(run, step, r["uid"], r["level"], _arch(r))
 
-    def _pair(self, a: str, b: str, definition: CircuitDefinition) -> tuple[CircuitRef, CircuitRef]:
+    def pair(self, a: str, b: str, definition: CircuitDefinition) -> tuple[CircuitRef, CircuitRef]:
         ra, rb = self.resolve(a), self.resolve(b)
         if ra.arch != rb.arch:
             raise UserError(f"{ra.name} ({ra.arch.key}) and {rb.name} ({rb.arch.key}) have different "
@@ -185,7 +187,7 @@ class Store:
             raise UserError(f"{name} is stored at head level (collapsed); use --level head")
 
     @staticmethod
-    def _arch_params(arch: Architecture) -> dict:
+    def arch_params(arch: Architecture) -> dict:
         return {"n_comp": arch.n_components, "hp1": arch.n_heads + 1, "n_layers": arch.n_layers}
 
     def selection(self, definition: CircuitDefinition, uids: list[int], arch: Architecture) -> dict:
@@ -205,10 +207,10 @@ class Store:
         return {**params, "mode": "ranks", "ranks": ranks}
 
     def _two(self, statement, a, b, definition, **extra):
-        ra, rb = self._pair(a, b, definition)
+        ra, rb = self.pair(a, b, definition)
         uids = [ra.uid, rb.uid]
         rows = self.read(statement, uids=uids, **self.selection(definition, uids, ra.arch),
-                         **self._arch_params(ra.arch), **extra)
+                         **self.arch_params(ra.arch), **extra)
         return ra, rb, rows
 
     def _header(self, definition: CircuitDefinition, **extra) -> dict:
@@ -217,16 +219,15 @@ class Store:
     # -- the paper's questions ---------------------------------------------------------------------
     def churn(self, run: str, definition: CircuitDefinition) -> dict:
         """Node and edge churn for each transition t -> t+1 of a run (method.md 6.1-6.2)."""
-        info = self.read(Q.RUN_INFO, run=run)
+        info = self.run_info(run)
         if not info:
             raise UserError(f"no run {run!r} in the database")
-        info = info[0]
         if len(info["steps"]) < 2:
             raise UserError(f"run {run!r} has {len(info['steps'])} complete checkpoint(s); churn needs 2+")
         for step, level in zip(info["steps"], info["levels"]):
             self._check_level(level, definition, f"{run}:{step}")
         arch = _arch(info)
-        params = dict(run=run, **self.selection(definition, info["uids"], arch), **self._arch_params(arch))
+        params = dict(run=run, **self.selection(definition, info["uids"], arch), **self.arch_params(arch))
         edges = self.read(Q.CHURN_EDGES, **params)
         nodes = self.read(Q.CHURN_NODES, **params)
         steps = info["steps"]

@@ -13,6 +13,7 @@ from neo4j import GraphDatabase
 from neo4j import exceptions as nx
 
 from analysis.errors import UserError
+from queries.cypher.admin import SET_INITIAL_PASSWORD
 from queries.settings import Neo4jSettings
 
 
@@ -72,8 +73,7 @@ def set_initial_password(bolt_uri: str, new_password: str, timeout: float = 60.0
     while True:
         try:
             with GraphDatabase.driver(bolt_uri, auth=("neo4j", "neo4j")) as driver:
-                driver.execute_query("ALTER CURRENT USER SET PASSWORD FROM 'neo4j' TO $new",
-                                     new=new_password, database_="system")
+                driver.execute_query(SET_INITIAL_PASSWORD, new=new_password, database_="system")
             return
         except nx.ServiceUnavailable:
             if time.monotonic() > deadline:

@@ -12,196 +12,25 @@ so what the style sheet (`queries/browser/style.grass`) needs is materialised as
   ADDED = only in B, REMOVED = only in A, KEPT = in both; `s` is B's score (A's for a removed edge);
   the suffix 1-4 is the |s| quartile within the view (the style sheet widens 1 -> 4); `degree` is
   the node's degree in the view and `Deg1..Deg5` buckets it (1-2, 3-5, 6-10, 11-20, >20) for the
-  style sheet's sizes. Delete with `DELETE_VIEW`. Views never feed an analysis query.
+  style sheet's sizes. Views never feed an analysis query; their statements are in
+  queries/cypher/views.py and CircuitWriter.replace_view writes them.
 
-Every statement here is named and parameterized, like queries/library.py.
+The Browser guide is generated here from the named statements of queries/cypher/guide.py.
 """
 
 from __future__ import annotations
 
+import html
 import statistics
 
-from queries import library as Q
-from queries.schema import SCHEMA_STATEMENTS
+from queries.api import Store
+from queries.cypher import views as V
+from queries.cypher.guide import GUIDE_STATEMENTS
+from queries.writer import CircuitWriter
 
 DEGREE_BUCKETS = (2, 5, 10, 20)  # Deg1: degree <= 2, Deg2: <= 5, Deg3: <= 10, Deg4: <= 20, Deg5: more
 KIND_LABELS = {"input": "Input", "attn": "Attn", "mlp": "MLP", "logits": "Logits"}
 
-LABEL_COMPONENTS = """
-MATCH (c:Component)
-FOREACH (_ IN CASE WHEN c.kind = 'input' THEN [1] ELSE [] END | SET c:Input)
-FOREACH (_ IN CASE WHEN c.kind = 'attn' THEN [1] ELSE [] END | SET c:Attn)
-FOREACH (_ IN CASE WHEN c.kind = 'mlp' THEN [1] ELSE [] END | SET c:MLP)
-FOREACH (_ IN CASE WHEN c.kind = 'logits' THEN [1] ELSE [] END | SET c:Logits)
-RETURN count(c) AS labelled
-"""
-
-VIEW_INDEX = SCHEMA_STATEMENTS["view_node_view"]  # part of the one schema (queries/schema.py)
-
-# The 95th-percentile difference with the KEPT edges too (Store.diff returns only added/removed):
-# for A ($uids[0]) and B ($uids[1]) separately keep |s| >= the $pct percentile of that circuit's |s|.
-DIFF_EDGES = Q._GIVEN_CHECKPOINTS + Q._SELECT + Q._ENDPOINTS + """
-WITH pos, collect({key: key, s: s, src: src, dst: dst}) AS edges
-WITH pos, edges, [e IN edges | abs(e.s)] AS mags
-UNWIND mags AS m
-WITH pos, edges, percentileCont(m, $pct / 100.0) AS threshold
-UNWIND [e IN edges WHERE abs(e.s) >= threshold] AS e
-WITH e.key AS key, e.src AS src, e.dst AS dst, collect({pos: pos, s: e.s}) AS seen
-RETURN key, src, dst,
-       CASE WHEN size(seen) = 2 THEN 'kept' WHEN seen[0].pos = 1 THEN 'added' ELSE 'removed' END AS status,
-       CASE WHEN size(seen) = 2 THEN [x IN seen WHERE x.pos = 1][0].s ELSE seen[0].s END AS s
-ORDER BY key
-"""
-
-DELETE_VIEW = """
-MATCH (n:ViewNode {view: $view})
-DETACH DELETE n
-RETURN count(*) AS deleted
-"""
-
-# rows: {ci, name, kind, layer, degree, status, labels}; edges: {src, dst, key, name, s, status, tier, type}
-WRITE_VIEW_NODES = """
-UNWIND $rows AS row
-CREATE (n:ViewNode {view: $view, ci: row.ci, name: row.name, kind: row.kind, layer: row.layer,
-                    degree: row.degree, status: row.status})
-SET n:$(row.labels)
-RETURN count(n) AS nodes
-"""
-
-WRITE_VIEW_EDGES = """
-UNWIND $edges AS e
-MATCH (a:ViewNode {view: $view, ci: e.src})
-MATCH (b:ViewNode {view: $view, ci: e.dst})
-CREATE (a)-[r:$(e.type) {view: $view, key: e.key, name: e.name, s: e.s, status: e.status,
-                          tier: e.tier}]->(b)
-RETURN count(r) AS edges
-"""
-
-VIEW_SUMMARY = """
-MATCH (a:ViewNode {view: $view})-[r]->(b:ViewNode)
-RETURN type(r) AS type, r.status AS status, r.name AS name, r.s AS s, a.name AS src, b.name AS dst
-ORDER BY name
-"""
-
-VIEWS = """
-MATCH (n:ViewNode)
-RETURN n.view AS view, count(n) AS nodes ORDER BY view
-"""
-
-# -- the guide's queries (queries/browser/guide.html): self-contained, parameters set by `:param` ----
-# They read each checkpoint's own circuit (in_graph) at head level (q/k/v summed), as the paper.
-# Browser sends `:param` numbers as floats: steps are compared as numbers, never as strings.
-
-GUIDE_RUNS = """
-MATCH (r:Run)
-OPTIONAL MATCH (r)-[:HAS_CHECKPOINT]->(c:Checkpoint) WHERE c.complete
-WITH r, c ORDER BY c.step
-RETURN r.id AS run, r.task AS task, r.method AS method, collect(c.step) AS steps
-ORDER BY run
-"""
-
-GUIDE_CHURN = """
-MATCH (:Run {id: $run})-[:ON_ARCH]->(arch:Architecture)
-MATCH (c:Checkpoint {run: $run}) WHERE c.complete
-WITH arch.n_components AS n, c ORDER BY c.step
-WITH n, collect(c) AS cs
-UNWIND range(0, size(cs) - 2) AS t
-WITH n, cs[t] AS x, cs[t + 1] AS y
-CALL (x) { UNWIND x.in_graph AS r RETURN collect(DISTINCT x.keys[r - 1] / 4) AS ex }
-CALL (y) { UNWIND y.in_graph AS r RETURN collect(DISTINCT y.keys[r - 1] / 4) AS ey }
-WITH x, y, ex, ey, n,
-     reduce(s = [], p IN ex | s + [p / n, p % n]) AS nx, reduce(s = [], p IN ey | s + [p / n, p % n]) AS ny
-CALL (nx) { UNWIND nx AS v RETURN collect(DISTINCT v) AS vx }
-CALL (ny) { UNWIND ny AS v RETURN collect(DISTINCT v) AS vy }
-RETURN x.step AS from_step, y.step AS to_step,
-       size([k IN ey WHERE NOT k IN ex]) AS edges_added, size([k IN ex WHERE NOT k IN ey]) AS edges_removed,
-       size([v IN vy WHERE NOT v IN vx]) AS nodes_added, size([v IN vx WHERE NOT v IN vy]) AS nodes_removed
-ORDER BY from_step
-"""
-
-GUIDE_CIRCUIT = """
-MATCH (c:Checkpoint {run: $run, step: $a}) WHERE c.complete
-MATCH p = (:Component)-[e:CIRCUIT_EDGE {ck: c.uid}]->(:Component)
-RETURN p
-"""
-
-GUIDE_TWO_CIRCUITS = """
-MATCH (c:Checkpoint {run: $run}) WHERE c.complete AND c.step IN [$a, $b]
-MATCH p = (:Component)-[e:CIRCUIT_EDGE {ck: c.uid}]->(:Component)
-RETURN p
-"""
-
-GUIDE_VIEW = """
-WITH $run + ':' + toInteger($a) + '..' + $run + ':' + toInteger($b) AS view
-MATCH p = (:ViewNode {view: view})-[]->(:ViewNode)
-RETURN p
-"""
-
-GUIDE_CRITICAL_LAYERS = """
-MATCH (:Run {id: $run})-[:ON_ARCH]->(arch:Architecture)
-MATCH (c:Checkpoint {run: $run}) WHERE c.complete AND c.step IN [$a, $b]
-UNWIND c.in_graph AS r
-WITH arch, c.step AS step, c.keys[r - 1] / 4 AS pair, c.scores[r - 1] AS s
-WITH arch, step, pair, sum(s) AS s
-WITH arch, pair, collect({step: step, s: s}) AS seen
-WITH arch, pair / arch.n_components AS src,
-     CASE size(seen) WHEN 2 THEN abs(seen[0].s - seen[1].s) ELSE abs(seen[0].s) END AS delta
-WITH CASE WHEN src = 0 THEN 0 ELSE (src - 1) / (arch.n_heads + 1) END AS layer, sum(delta) AS delta
-RETURN layer, delta ORDER BY delta DESC, layer LIMIT 5
-"""
-
-GUIDE_OVERLAP = """
-UNWIND [[$run, $a], [$run2, $b2]] AS ref
-MATCH (c:Checkpoint {run: ref[0], step: ref[1]}) WHERE c.complete
-UNWIND c.in_graph AS r
-WITH ref, c.keys[r - 1] / 4 AS pair, sum(c.scores[r - 1]) AS s
-ORDER BY abs(s) DESC, pair
-WITH ref, collect(pair) AS ranked
-WITH collect(ranked) AS lists
-UNWIND [10, 50, 100] AS k
-WITH k, lists, [x IN lists[0][..k] WHERE x IN lists[1][..k]] AS both
-RETURN k, size(both) AS overlap, size(lists[0]) AS size_a, size(lists[1]) AS size_b
-"""
-
-GUIDE_NOISE = """
-MATCH (r:Run) WHERE r.noise_of = $run
-RETURN r.id AS noise_run, r.noise_step AS of_step
-"""
-
-GUIDE_STATEMENTS = {
-    "runs": GUIDE_RUNS, "churn": GUIDE_CHURN, "circuit": GUIDE_CIRCUIT, "two_circuits": GUIDE_TWO_CIRCUITS,
-    "view": GUIDE_VIEW, "critical_layers": GUIDE_CRITICAL_LAYERS, "overlap": GUIDE_OVERLAP,
-}
-
-# -- robustness and the noise baseline: linking analysis runs to a run -----------------------------
-
-TAG_RUN = """
-MATCH (r:Run {id: $id})
-SET r += $tags
-RETURN r.id AS id
-"""
-
-ANALYSIS_RUNS = """
-MATCH (r:Run) WHERE r.analysis = $analysis AND (r.of_run = $of OR r.task = $task)
-OPTIONAL MATCH (r)-[:HAS_CHECKPOINT]->(c:Checkpoint) WHERE c.complete
-WITH r, c ORDER BY c.step
-RETURN r.id AS run, r.model_label AS label, r.of_run AS of_run, r.noise_step AS noise_step,
-       collect(c.step) AS steps
-ORDER BY run
-"""
-
-NOISE_RUNS = """
-MATCH (r:Run) WHERE r.analysis = 'noise' AND r.of_run = $of
-OPTIONAL MATCH (r)-[:HAS_CHECKPOINT]->(c:Checkpoint) WHERE c.complete
-WITH r, c ORDER BY c.step
-RETURN r.id AS run, r.noise_step AS noise_step, collect(c.step) AS steps
-ORDER BY run
-"""
-
-RUN_TASK = "MATCH (r:Run {id: $run}) RETURN r.task AS task"
-
-
-# -- Python side (a Store from queries.api; no driver calls here besides Store.read) -----------------
 
 def degree_label(degree: int) -> str:
     for i, top in enumerate(DEGREE_BUCKETS):
@@ -216,9 +45,9 @@ def view_id(a: str, b: str) -> str:
 
 def diff_edges(store, a: str, b: str, definition, pct: float = 95.0) -> dict:
     """The Fig. 3 difference with kept edges: rows {key, name, src, dst, status, s} + components."""
-    ra, rb = store._pair(a, b, definition)
-    rows = store.read(DIFF_EDGES, uids=[ra.uid, rb.uid], pct=float(pct),
-                      **store.selection(definition, [ra.uid, rb.uid], ra.arch), **store._arch_params(ra.arch))
+    ra, rb = store.pair(a, b, definition)
+    rows = store.read(V.DIFF_EDGES, uids=[ra.uid, rb.uid], pct=float(pct),
+                      **store.selection(definition, [ra.uid, rb.uid], ra.arch), **store.arch_params(ra.arch))
     arch, level = ra.arch, definition.level
     for r in rows:
         r["name"] = arch.edge_name(r["key"] * 4 if level == "head" else r["key"])
@@ -238,19 +67,10 @@ def quartile_tiers(values: list[float]) -> list[int]:
 
 def write_diff_view(driver, database, a: str, b: str, definition, pct: float = 95.0) -> dict:
     """Materialise the before/after difference A -> B as a Browser view (replacing an older one)."""
-    from queries.api import Store
-
     store = Store(driver, database)
     d = diff_edges(store, a, b, definition, pct)
     arch, edges = d["arch"], d["edges"]
     vid = view_id(a, b)
-
-    def run(stmt, **params):
-        return driver.execute_query(stmt, params, database_=database, routing_="w")
-
-    run(VIEW_INDEX)
-    run(LABEL_COMPONENTS)
-    run(DELETE_VIEW, view=vid)
     degree: dict[int, int] = {}
     status_of: dict[int, set] = {}
     for e in edges:
@@ -270,16 +90,9 @@ def write_diff_view(driver, database, a: str, b: str, definition, pct: float = 9
     rows = [{"src": e["src"], "dst": e["dst"], "key": e["key"], "name": e["name"], "s": e["s"],
              "status": e["status"], "tier": t, "type": f"{e['status'].upper()}_{t}"}
             for e, t in zip(edges, tiers)]
-    run(WRITE_VIEW_NODES, view=vid, rows=nodes)
-    if rows:
-        run(WRITE_VIEW_EDGES, view=vid, edges=rows)
+    CircuitWriter(driver, database).replace_view(vid, nodes, rows)
     counts = {s: sum(1 for e in edges if e["status"] == s) for s in ("added", "removed", "kept")}
     return {"view": vid, "nodes": len(nodes), "edges": len(rows), **counts}
-
-
-def noise_runs(store, run: str) -> list[dict]:
-    """The resampling-noise runs stored for `run` (robustness --noise-of RUN:STEP)."""
-    return store.read(NOISE_RUNS, of=run)
 
 
 def churn_against_noise(store, run: str, definition) -> dict:
@@ -291,7 +104,7 @@ def churn_against_noise(store, run: str, definition) -> dict:
     """
     real = store.churn(run, definition)["transitions"]
     noise = []
-    nruns = noise_runs(store, run)
+    nruns = store.noise_runs(run)
     for nr in nruns:
         if len(nr["steps"]) >= 2:
             noise += store.churn(nr["run"], definition)["transitions"]
@@ -321,8 +134,7 @@ def churn_against_noise(store, run: str, definition) -> dict:
     return out
 
 
-# -- the guide (queries/browser/guide.html is generated from these statements: `python -m
-#    queries.exploration` rewrites it, and a test checks that it is current) --------------------------
+# -- the guide (ingest/browser_assets.py serves it as guide.html, generated from the statements) ---
 
 GUIDE_SLIDES = [
     ("circuitshift: what did fine-tuning change?",
@@ -359,8 +171,6 @@ GUIDE_SLIDES = [
 
 
 def guide_html() -> str:
-    import html
-
     def pre(cmd: str) -> str:
         text = cmd if cmd.startswith(":") else GUIDE_STATEMENTS[cmd].strip()
         return f'<pre class="pre-scrollable code runnable">{html.escape(text)}</pre>'
@@ -373,10 +183,3 @@ def guide_html() -> str:
     return ('<article class="guide">\n<carousel class="deck container-fluid">\n'
             + "\n".join(slides) + "\n</carousel>\n</article>\n")
 
-
-if __name__ == "__main__":
-    from importlib import resources
-    from pathlib import Path
-    path = Path(str(resources.files("queries.browser").joinpath("guide.html")))
-    path.write_text(guide_html())
-    print(f"wrote {path}")

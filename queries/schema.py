@@ -33,10 +33,10 @@ SCHEMA_STATEMENTS: dict[str, str] = {
     # Browser views and deletes select one checkpoint's circuit relationships by its uid.
     "circuit_edge_ck": (
         "CREATE INDEX circuit_edge_ck IF NOT EXISTS FOR ()-[e:CIRCUIT_EDGE]-() ON (e.ck)"),
-    # CircuitLoRA plans and method comparisons (queries/experiments.py)
+    # CircuitLoRA plans and method comparisons (queries/cypher/experiments.py)
     "plan_id": "CREATE CONSTRAINT plan_id IF NOT EXISTS FOR (p:Plan) REQUIRE p.id IS UNIQUE",
     "experiment_id": "CREATE CONSTRAINT experiment_id IF NOT EXISTS FOR (x:Experiment) REQUIRE x.id IS UNIQUE",
-    # Browser difference views (queries/exploration.py) are found and deleted by their view name
+    # Browser difference views (queries/cypher/views.py) are found and deleted by their view name
     "view_node_view": "CREATE INDEX view_node_view IF NOT EXISTS FOR (n:ViewNode) ON (n.view)",
 }
 

@@ -29,8 +29,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from analysis.errors import UserError
-from queries import statements as S
 from queries.components import Architecture
+from queries.cypher import experiments as E
+from queries.cypher import views as V
+from queries.cypher import writes as S
 from queries.schema import ensure_schema
 
 BATCH = 20_000
@@ -71,6 +73,38 @@ class CheckpointData:
     in_graph: Sequence[bool]
     level: str = "qkv"  # 'qkv' or 'head' (collapsed)
     meta: dict = field(default_factory=dict)  # epoch, accuracy, faithfulness, scoring settings, ...
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """A CircuitLoRA plan as stored: its JSON, the numbers queries read, and the circuits it came from
+    (`sources`: [{role: 'before'|'after', uid}])."""
+
+    id: str
+    kind: str
+    label: str
+    json: str
+    critical_layers: list[int]
+    r_o: int
+    r_c: int
+    parameter_ratio: float
+    before: str | None
+    after: str | None
+    model: str
+    task: str | None
+    sources: list[dict]
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """A method comparison: its model, task, seeds, method labels and settings (JSON)."""
+
+    id: str
+    task: str | None
+    model: str
+    seeds: list[int]
+    labels: list[str]
+    settings: str
 
 
 def ranked_arrays(arch: Architecture, data: CheckpointData) -> dict:
@@ -205,6 +239,39 @@ class CircuitWriter:
             self.delete_checkpoint(rec["uid"])
         self._run(S.DELETE_RUN, run=run_id)
         return len(records)
+
+    # -- what a run is, plans, experiments and views -----------------------------------------------
+    def tag_run(self, run_id: str, tags: dict) -> None:
+        """Set `tags` (plain values) on a stored run, e.g. the robustness runs' analysis and of_run."""
+        self._run(S.TAG_RUN, id=run_id, tags=tags)
+
+    def write_plan(self, plan: PlanRecord) -> None:
+        """Store a CircuitLoRA plan (replacing one of the same id) linked to the circuits it came from."""
+        self.ensure_schema()
+        self._run(E.MERGE_PLAN, **asdict(plan))
+
+    def link_run_plan(self, run_id: str, plan_id: str) -> None:
+        self._run(E.LINK_RUN_PLAN, run=run_id, plan=plan_id)
+
+    def write_experiment(self, experiment: ExperimentRecord) -> None:
+        self.ensure_schema()
+        self._run(E.MERGE_EXPERIMENT, **asdict(experiment))
+
+    def tag_experiment_run(self, experiment_id: str, run_id: str, label: str, seed: int,
+                           trainable_parameters: int, total_parameters: int) -> None:
+        """Make a run one cell of an experiment (idempotent), with the numbers the table needs."""
+        self._run(E.TAG_EXPERIMENT_RUN, experiment=experiment_id, run=run_id, label=label, seed=seed,
+                  parameter_ratio=trainable_parameters / total_parameters,
+                  trainable_parameters=trainable_parameters)
+
+    def replace_view(self, view: str, nodes: list[dict], edges: list[dict]) -> None:
+        """Write Browser view `view` (queries/exploration.py builds its rows), replacing an older one."""
+        self.ensure_schema()
+        self._run(V.LABEL_COMPONENTS)
+        self._run(V.DELETE_VIEW, view=view)
+        self._run(V.WRITE_VIEW_NODES, view=view, rows=nodes)
+        if edges:
+            self._run(V.WRITE_VIEW_EDGES, view=view, edges=edges)
 
 
 def write_circuit(driver, database, run: RunRecord, arch: Architecture,

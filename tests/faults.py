@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
 from neo4j import GraphDatabase
 
-from queries import statements as S
+from queries.cypher import admin as S
 from queries.components import Architecture
 from queries.connection import set_initial_password
 from queries.server.local import LocalServer, free_port
@@ -60,6 +61,23 @@ def run_record(run_id: str, config_hash: str = "cfg-a") -> RunRecord:
                      dataset_hash="sha256:data", data_split="circuit", method="lora",
                      hparams={"rank": 32, "learning_rate": 1e-4}, seed=42, code_version="test",
                      extra={"checkpoint_steps": [0, 25, 50]}, config_hash=config_hash)
+
+
+def train_like(writer, run_id: str, steps, pace: float, errors: list, produced: list | None = None) -> None:
+    """What the ingest callback does, without torch: ensure the run, skip stored steps, write each
+    checkpoint, `pace` seconds of "training" between them. Errors go to `errors` (the caller reports
+    them); `produced` collects the steps handed to the writer."""
+    try:
+        writer.ensure_run(run_record(run_id), ARCH)
+        done = set(writer.complete_steps(run_id))
+        for step in steps:
+            if step not in done:
+                writer.write_checkpoint(run_id, ARCH, synthetic(ARCH, step))
+            if produced is not None:
+                produced.append(step)
+            time.sleep(pace)
+    except Exception as exc:  # noqa: BLE001 - reported by the caller
+        errors.append(exc)
 
 
 def contents(driver, database, run: str) -> dict[int, dict]:

@@ -1,4 +1,4 @@
-"""Tiny fine-tuning runs written by the real producer (`ingest.job.run_ingest`), for the tests of what
+"""Tiny fine-tuning runs written by the real producer (`ingest.jobs.finetune.run_ingest`), for the tests of what
 reads the store (summary, report, figures, queries): the numbers are whatever the job stored, in its
 units, never a hand-made fixture.
 
@@ -56,7 +56,7 @@ def known_accuracy_data(model_dir: Path, out: Path, **spec) -> float:
 
 
 def ingest_config(model, data, root, run_id, *, method="lora", max_steps=4, checkpoints=2, **scoring):
-    from ingest.job import IngestConfig
+    from ingest.jobs.finetune import IngestConfig
     train = TrainConfig(method=method, rank=2, learning_rate=5e-3, max_steps=max_steps, checkpoints=checkpoints,
                         batch_size=8, grad_accum=1, warmup_steps=1, seed=3)
     score = ScoringConfig(**{"steps": 2, "batch_size": 16, "max_examples": EXAMPLES, "top_frac": 0.3, **scoring})
@@ -65,6 +65,6 @@ def ingest_config(model, data, root, run_id, *, method="lora", max_steps=4, chec
 
 
 def ingest(driver, database, model, data, root, run_id, **kw) -> dict:
-    from ingest.job import run_ingest
+    from ingest.jobs.finetune import run_ingest
     return run_ingest(ingest_config(model, data, root, run_id, **kw), driver, database, progress=False,
                       echo=lambda *_: None)

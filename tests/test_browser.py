@@ -22,6 +22,8 @@ from conftest import REPO
 from explore_data import write_demo
 from ingest.browser_assets import AssetServer, asset_bytes, browser_settings
 from queries import exploration as X
+from queries.cypher import guide as G
+from queries.cypher import views as V
 from queries.api import CircuitDefinition, Store
 
 ARTIFACTS = REPO / "artifacts"
@@ -56,7 +58,7 @@ def test_assets_served_with_cors():
 
 def test_guide_is_generated_from_the_statements():
     assert asset_bytes("guide.html").decode() == X.guide_html(), \
-        "queries/browser/guide.html is stale: run `python -m queries.exploration`"
+        "the served guide must be generated from queries/cypher/guide.py (queries.exploration.guide_html)"
     grass = asset_bytes("style.grass").decode()
     for rule in ["node.Attn", "node.MLP", "node.Input", "node.Logits", "node.Deg5",
                  "relationship.ADDED_4", "relationship.REMOVED_1", "relationship.KEPT_2"]:
@@ -68,17 +70,17 @@ def test_guide_queries_answer_like_the_library(db):
     write_demo(driver, database)
     store = Store(driver, database)
     churn = store.churn("demo", IN_GRAPH)["transitions"]
-    guide = store.read(X.GUIDE_CHURN, run="demo")
+    guide = store.read(G.GUIDE_CHURN, run="demo")
     assert [(g["from_step"], g["to_step"], g["edges_added"], g["edges_removed"], g["nodes_added"],
              g["nodes_removed"]) for g in guide] == \
         [(t["from_step"], t["to_step"], t["edges_added"], t["edges_removed"], t["nodes_added"],
           t["nodes_removed"]) for t in churn]
     crit = store.critical_layers("demo:0", "demo:40", IN_GRAPH, top=4)
-    guide = store.read(X.GUIDE_CRITICAL_LAYERS, run="demo", a=0, b=40)
+    guide = store.read(G.GUIDE_CRITICAL_LAYERS, run="demo", a=0, b=40)
     assert [g["layer"] for g in guide] == crit["all_layers"][:5]
     assert [g["delta"] for g in guide] == pytest.approx(crit["all_deltas"][:5])
     ov = store.overlap("demo:0", "demo:40", IN_GRAPH, [10, 40])["overlap"]
-    guide = {g["k"]: g["overlap"] for g in store.read(X.GUIDE_OVERLAP, run="demo", a=0, run2="demo", b2=40)}
+    guide = {g["k"]: g["overlap"] for g in store.read(G.GUIDE_OVERLAP, run="demo", a=0, run2="demo", b2=40)}
     assert guide[10] == ov[0]["overlap"] and guide[50] == ov[1]["overlap"]  # 40-edge circuits
 
 
@@ -91,7 +93,7 @@ def test_diff_view_matches_the_diff_query(db):
         out = X.write_diff_view(driver, database, "demo:0", "demo:40", IN_GRAPH, pct)
         assert out["view"] == "demo:0..demo:40"
     out = X.write_diff_view(driver, database, "demo:0", "demo:40", IN_GRAPH, 95.0)  # replaces
-    rows = store.read(X.VIEW_SUMMARY, view="demo:0..demo:40")
+    rows = store.read(V.VIEW_SUMMARY, view="demo:0..demo:40")
     assert len(rows) == out["edges"]
     assert sorted(r["name"] for r in rows if r["status"] == "added") == diff["added_edges"]
     assert sorted(r["name"] for r in rows if r["status"] == "removed") == diff["removed_edges"]
@@ -187,9 +189,9 @@ def test_browser_connects_runs_the_guide_and_shows_the_styled_circuit(browser_se
         assert chrome.evaluate(_RUN_BLOCK % json.dumps(":param"))
         chrome.wait_for("Array.from(document.querySelectorAll('[data-testid=frameCommand]'))"
                         ".some(e => e.textContent.startsWith(':param'))", timeout=30)
-        driver.execute_query(X.DELETE_VIEW, view="demo:0..demo:10", database_="neo4j")
+        driver.execute_query(V.DELETE_VIEW, view="demo:0..demo:10", database_="neo4j")
         X.write_diff_view(driver, "neo4j", "demo:0", "demo:10", IN_GRAPH, 50.0)
-        view_block = _RUN_BLOCK % json.dumps(X.GUIDE_VIEW.strip()[:40])
+        view_block = _RUN_BLOCK % json.dumps(G.GUIDE_VIEW.strip()[:40])
         for _ in range(len(X.GUIDE_SLIDES)):  # page through the guide to the difference slide
             if chrome.evaluate(view_block):
                 break
@@ -211,7 +213,7 @@ def test_browser_connects_runs_the_guide_and_shows_the_styled_circuit(browser_se
         raise
     finally:
         chrome.close()
-    rows = Store(driver, "neo4j").read(X.VIEW_SUMMARY, view="demo:0..demo:10")
+    rows = Store(driver, "neo4j").read(V.VIEW_SUMMARY, view="demo:0..demo:10")
     names = {r["src"] for r in rows} | {r["dst"] for r in rows}
     # Styled: components coloured by kind, captioned with their names, sized by degree; edges
     # coloured by added / removed / kept.

@@ -130,7 +130,7 @@ def hand(db, tiny):
 def test_plan_equals_hand_computation(hand, tiny):
     from transformers import AutoModelForCausalLM
 
-    from ingest.circuitlora_job import load_stored_plan, plan_from_circuits, store_plan
+    from ingest.jobs.circuitlora import load_stored_plan, plan_from_circuits, store_plan
     driver, database = hand
     store = Store(driver, database)
     plan = plan_from_circuits(store, "hand:0", "hand:10", top=1, r_o=2, r_c=4, lr_other=1e-3, lr_critical=2e-3)
@@ -202,7 +202,7 @@ def test_unmatched_pattern_key_raises(tiny):
 
 
 def test_random_lora_is_reproducible_by_seed(tiny):
-    from ingest.circuitlora_job import random_plan
+    from ingest.jobs.circuitlora import random_plan
     assert random_layers(24, 5, 3) == random_layers(24, 5, 3) == random.Random(3).sample(range(24), 5)
     assert len({tuple(random_layers(24, 5, s)) for s in range(10)}) > 1
     a = random_plan(str(tiny), 1, seed=7, r_o=2, r_c=4, lr_other=1e-3)
@@ -211,6 +211,21 @@ def test_random_lora_is_reproducible_by_seed(tiny):
     assert a.critical_layers == sorted(random.Random(7).sample(range(2), 1))
     with pytest.raises(UserError):
         random_layers(2, 3, 0)
+
+
+def test_plan_files_load_with_the_shared_messages(tiny, tmp_path):
+    """CircuitLoRAPlan.load reads through analysis.errors.read_json_file: one line naming the file."""
+    plan = build_plan(ModelShape.from_config(tiny), [0], 2, 4, 1e-3, 2e-3, model=str(tiny))
+    assert CircuitLoRAPlan.load(plan.save(tmp_path / "plan.json")) == plan
+    with pytest.raises(UserError, match=r"missing\.json: no such CircuitLoRA plan"):
+        CircuitLoRAPlan.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"bad\.json: not valid JSON \(.* at line 1\)"):
+        CircuitLoRAPlan.load(tmp_path / "bad.json")
+    for other in ("[1, 2]", json.dumps({"format": "something/else"})):
+        (tmp_path / "other.json").write_text(other)
+        with pytest.raises(UserError, match="not a CircuitLoRA plan"):
+            CircuitLoRAPlan.load(tmp_path / "other.json")
 
 
 def test_cli_plan_from_store_and_from_a_union(hand, tiny, cli_env, tmp_path):

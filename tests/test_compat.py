@@ -10,7 +10,6 @@ last one partial), m = 3, float64, KL and logit-diff as batch means.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from analysis.eap import score
 from analysis.errors import UserError
 from analysis.graph import build_graph
 from analysis.models import load_model
+from analysis.provenance import weights_sha256
 from analysis.tiny import build_tiny_model
 
 torch.set_num_threads(2)
@@ -31,16 +31,6 @@ METHODS = ("eap", "eap-ig-inputs", "clean-corrupted", "eap-ig-activations")
 DOCS = {m: json.loads((DATA / f"{m}.json").read_text()) for m in METHODS}
 CASES = [(m, metric) for m in METHODS for metric in DOCS[m]["scores"]]
 RTOL = 1e-5  # of the largest |score|, scale 1
-
-
-def weights_sha256(model) -> str:
-    """As benchmarks/make_reference_scores.py: sha256 over the sorted state dict in float32 bytes."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if t.is_floating_point():
-            h.update(name.encode())
-            h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

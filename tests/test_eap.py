@@ -1,7 +1,7 @@
 """The scoring engine against an independent naive implementation, and its invariances.
 
-The naive reference re-implements the tiny GPT-NeoX / GPT-2 forward node by node from the HF weights:
-every destination input (each head's q, k and v separately, each MLP, the logits) is built explicitly
+The naive reference (tests/naive.py) re-implements the tiny GPT-NeoX / GPT-2 forward node by node from
+the HF weights: every destination input (each head's q, k and v separately, each MLP, the logits) is built explicitly
 as the sum of its upstream node outputs plus ``eps[src, dst] * (corrupted - clean)`` for a scalar
 ``eps`` per edge; autograd of the metric w.r.t. ``eps`` at 0 is the textbook EAP gradient of every
 edge. It runs one example at a time (no batching, no padding) and shares no code with the engine
@@ -10,17 +10,15 @@ edge. It runs one example at a time (no batching, no padding) and shares no code
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from analysis.datasets import PromptPair
 from analysis.eap import score
 from analysis.graph import build_graph
 from analysis.models import load_model
 from analysis.tiny import build_tiny_model
+from naive import Naive
 
 torch.set_num_threads(2)
 
@@ -45,119 +43,6 @@ def adapter(request, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- naive reference
-def _rotate_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
-
-
-class Naive:
-    """Node-by-node forward of a tiny HF GPT-NeoX / GPT-2 with one scalar eps per edge."""
-
-    def __init__(self, model):
-        self.m = model
-        c = model.config
-        self.neox = c.model_type == "gpt_neox"
-        self.L = c.num_hidden_layers
-        self.H = c.num_attention_heads
-        self.D = c.hidden_size
-        self.dh = self.D // self.H
-        self.parallel = bool(getattr(c, "use_parallel_residual", False)) if self.neox else False
-        self.n_src = 1 + self.L * (self.H + 1)
-        self.n_dst = self.L * (3 * self.H + 1) + 1
-        self.blocks = model.gpt_neox.layers if self.neox else model.transformer.h
-
-    def embed(self, ids):
-        if self.neox:
-            return self.m.gpt_neox.embed_in(ids)
-        return self.m.transformer.wte(ids)
-
-    def pos(self, P):
-        if self.neox:
-            return torch.zeros(P, self.D, dtype=self.m.dtype)
-        return self.m.transformer.wpe(torch.arange(P))
-
-    def qkv_weights(self, l):
-        """-> W (3, H, dh, D), b (3, H, dh)."""
-        H, dh, D = self.H, self.dh, self.D
-        if self.neox:
-            lin = self.blocks[l].attention.query_key_value
-            return lin.weight.view(H, 3, dh, D).transpose(0, 1), lin.bias.view(H, 3, dh).transpose(0, 1)
-        conv = self.blocks[l].attn.c_attn
-        return conv.weight.t().reshape(3, H, dh, D), conv.bias.view(3, H, dh)
-
-    def o_weights(self, l):
-        if self.neox:
-            lin = self.blocks[l].attention.dense
-            return lin.weight.t().reshape(self.H, self.dh, self.D), lin.bias
-        conv = self.blocks[l].attn.c_proj
-        return conv.weight.reshape(self.H, self.dh, self.D), conv.bias
-
-    def lns(self, l):
-        b = self.blocks[l]
-        return (b.input_layernorm, b.post_attention_layernorm) if self.neox else (b.ln_1, b.ln_2)
-
-    def forward(self, ids, emb, eps=None, diff=None, override=None):
-        """ids (P,), emb (P, D) token embedding. Returns (last logits (V,), outs list of (P, D)).
-
-        override: {source index: replacement output} (used for activation interpolation)."""
-        P = ids.shape[0]
-        override = override or {}
-        pos = self.pos(P)
-        outs = [override.get(0, emb)]
-        const = pos.clone()  # biases of upstream layers + position embedding
-
-        def dst_in(col, n, const):
-            x = const
-            for s in range(n):
-                x = x + outs[s]
-                if eps is not None:
-                    x = x + eps[s, col] * diff[s]
-            return x
-
-        causal = torch.ones(P, P, dtype=torch.bool).tril()
-        for l in range(self.L):
-            n = 1 + l * (self.H + 1)
-            c0 = l * (3 * self.H + 1)
-            W, bqkv = self.qkv_weights(l)
-            Wo, bo = self.o_weights(l)
-            ln1, ln2 = self.lns(l)
-            qkv = []
-            for t in range(3):
-                per_head = []
-                for h in range(self.H):
-                    x = ln1(dst_in(c0 + t * self.H + h, n, const))
-                    per_head.append(x @ W[t, h].T + bqkv[t, h])
-                qkv.append(per_head)
-            if self.neox:
-                rot = self.m.gpt_neox.rotary_emb
-                cos, sin = rot(emb[None], torch.arange(P)[None])
-                cos, sin = cos[0], sin[0]
-                rd = cos.shape[-1]
-
-                def rope(x):
-                    xr, xp = x[..., :rd], x[..., rd:]
-                    return torch.cat([xr * cos + _rotate_half(xr) * sin, xp], dim=-1)
-            head_outs = []
-            for h in range(self.H):
-                q, k, v = qkv[0][h], qkv[1][h], qkv[2][h]
-                if self.neox:
-                    q, k = rope(q), rope(k)
-                att = (q @ k.T) / math.sqrt(self.dh)
-                att = att.masked_fill(~causal, float("-inf")).softmax(-1)
-                z = att @ v
-                head_outs.append(z @ Wo[h])
-            for h in range(self.H):
-                outs.append(override.get(n + h, head_outs[h]))
-            n_mlp = n if self.parallel else n + self.H
-            const_mlp = const if self.parallel else const + bo
-            x = ln2(dst_in(c0 + 3 * self.H, n_mlp, const_mlp))
-            outs.append(override.get(n + self.H, self.blocks[l].mlp(x)))
-            const = const + bo
-        final_ln = self.m.gpt_neox.final_layer_norm if self.neox else self.m.transformer.ln_f
-        x = final_ln(dst_in(self.n_dst - 1, self.n_src, const))
-        return self.m.get_output_embeddings()(x[-1]), outs
-
-
 def naive_metric(name, logits, clean_logits, label, corrupted_label):
     if name == "kl":
         logp = clean_logits.log_softmax(-1)
@@ -171,7 +56,7 @@ def naive_scores(adapter, pairs, method, metric="kl", steps=1, rule="right"):
     nv = Naive(adapter.model)
     tok = adapter.tokenizer
     bos = tok.bos_token_id
-    total = torch.zeros(nv.n_src, nv.n_dst, dtype=torch.float64)
+    total = torch.zeros(len(nv.sources), len(nv.dkeys), dtype=torch.float64)
     if method == "eap":
         alphas = [1.0]
     elif method == "clean-corrupted":
@@ -195,10 +80,10 @@ def naive_scores(adapter, pairs, method, metric="kl", steps=1, rule="right"):
                 r = 1 + l * (nv.H + 1)
                 groups += [list(range(r, r + nv.H)), [r + nv.H]]
         else:
-            groups = [list(range(nv.n_src))]
+            groups = [list(range(len(nv.sources)))]
         for rows in groups:
             for a in alphas:
-                eps = torch.zeros(nv.n_src, nv.n_dst, dtype=torch.float64, requires_grad=True)
+                eps = torch.zeros_like(total, requires_grad=True)
                 if method == "eap-ig-activations":
                     override = {s: a * outs_c[s] + (1 - a) * outs_k[s] for s in rows}
                     logits, _ = nv.forward(ids_c, e_c, eps, diff, override=override)

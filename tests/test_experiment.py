@@ -26,7 +26,7 @@ def tiny_task(tmp_path_factory):
 
 
 def test_compare_stores_every_run_and_the_table_comes_from_the_store(db, tiny_task, cli_env):
-    from ingest.circuitlora_job import experiment_table
+    from ingest.jobs.experiment import experiment_table
     from queries.api import CircuitDefinition, Store
 
     driver, database = db

@@ -54,8 +54,8 @@ def test_no_value_is_ever_formatted_into_cypher():
 
 def test_statements_are_parameterized_constants():
     """Named statements are plain module-level strings that take values as $parameters."""
-    import queries.library as L
-    import queries.statements as S
+    import queries.cypher.questions as L
+    import queries.cypher.writes as S
     names = [n for m in (L, S) for n, v in vars(m).items() if n.isupper() and isinstance(v, str)
              and not n.startswith("_")]
     assert len(names) >= 20

@@ -32,7 +32,7 @@ def tiny_setup(tmp_path_factory):
 
 
 def _cfg(model, data, root, run_id, checkpoints=2, max_steps=4, method="lora", top_frac=0.3):
-    from ingest.job import IngestConfig
+    from ingest.jobs.finetune import IngestConfig
     return IngestConfig(model=str(model), data=str(data), run_id=run_id,
                         train=TrainConfig(method=method, rank=2, learning_rate=5e-3, max_steps=max_steps,
                                           checkpoints=checkpoints, batch_size=8, grad_accum=1, seed=3,
@@ -43,7 +43,8 @@ def _cfg(model, data, root, run_id, checkpoints=2, max_steps=4, method="lora", t
 
 def test_end_to_end_stores_every_checkpoint(db, tiny_setup):
     from analysis.graph import GraphSpec, expected_edge_count
-    from ingest.job import print_summary, run_ingest, summary
+    from ingest.jobs.finetune import run_ingest
+    from ingest.jobs.summary import print_summary, summary
     from queries.api import Store
 
     driver, database = db
@@ -96,7 +97,7 @@ def test_end_to_end_stores_every_checkpoint(db, tiny_setup):
 def test_query_top_frac_is_the_method_circuit(db, tiny_setup):
     """`--top-frac F` chosen after the fact is the stored circuit of a run scored with top_frac F (the
     prefix, pruned); --no-prune is the bare prefix."""
-    from ingest.job import run_ingest
+    from ingest.jobs.finetune import run_ingest
     from queries.api import CircuitDefinition, Store
 
     driver, database = db
@@ -120,7 +121,7 @@ def test_query_top_frac_is_the_method_circuit(db, tiny_setup):
 
 def test_rerun_with_other_settings_is_refused(db, tiny_setup):
     from analysis.errors import UserError
-    from ingest.job import run_ingest
+    from ingest.jobs.finetune import run_ingest
 
     driver, database = db
     model, data, root = tiny_setup

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import REPO, run_cli
 from ingested import ingest, known_accuracy_data, tiny_model
-from ingest.report import build, gather
-from queries import library as Q
+from ingest.jobs.report import build, gather
+from queries.cypher import runs as Q
 from queries.api import CircuitDefinition, Store
 
 IN_GRAPH = CircuitDefinition()
@@ -28,7 +28,7 @@ def stored(driver, neo4j_settings, tmp_path_factory):
     """Run `demo` (LoRA, 8 steps, checkpoints 0, 2, ..., 8), its robustness runs and noise baseline.
     Module-scoped: the tests here read it and never wipe the database (they take no `db`)."""
     from conftest import _wipe
-    from ingest.job import export_model
+    from ingest.jobs.finetune import export_model
 
     database = neo4j_settings.database
     _wipe(driver, database)

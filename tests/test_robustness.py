@@ -12,7 +12,7 @@ from analysis.datasets import PromptPair, write_dataset
 from analysis.robustness import bootstrap_samples, disjoint_splits, level_splits
 from analysis.tiny import build_tiny_model
 from analysis.errors import UserError
-from ingest.report import gather
+from ingest.jobs.report import gather
 from queries import exploration as X
 from queries.api import CircuitDefinition, Store
 

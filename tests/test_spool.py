@@ -16,7 +16,7 @@ import pytest
 from neo4j import GraphDatabase
 
 from analysis.errors import UserError
-from faults import ARCH, PrivateServer, census, contents, run_record, synthetic
+from faults import ARCH, PrivateServer, census, contents, run_record, synthetic, train_like
 from queries.server.local import free_port
 from queries.spool import SpoolingWriter, pending, replay, store_unavailable
 from queries.spool_files import run_folder, spool_checkpoint
@@ -86,25 +86,12 @@ def test_server_down_for_the_whole_run_then_read_only_then_back(ps, tmp_path):
         assert w.complete_steps("down") == STEPS[:4]
 
 
-def _train(writer, run_id, steps, pace, errors):
-    """What the ingest callback does, without torch: ensure the run, skip stored steps, write."""
-    try:
-        writer.ensure_run(run_record(run_id), ARCH)
-        done = set(writer.complete_steps(run_id))
-        for step in steps:
-            if step not in done:
-                writer.write_checkpoint(run_id, ARCH, synthetic(ARCH, step))
-            time.sleep(pace)
-    except Exception as exc:  # noqa: BLE001 - reported by the test
-        errors.append(exc)
-
-
 def kill_trial(ps, spool, run_id, rng, steps=STEPS, pace=0.75) -> dict:
     """Write `steps` while the server is SIGKILLed at a random moment and restarted; then flush."""
     with ps.driver() as drv:
         writer = SpoolingWriter(CircuitWriter(drv, DB), spool)
         errors: list = []
-        job = threading.Thread(target=_train, args=(writer, run_id, steps, pace, errors))
+        job = threading.Thread(target=train_like, args=(writer, run_id, steps, pace, errors))
         job.start()
         time.sleep(rng.uniform(0.1, 3.0))
         ps.kill()

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SHARED, run_cli
 from analysis.errors import UserError
-from queries import statements as S
+from queries.cypher import writes as S
 from queries.api import CircuitDefinition, Store, store_union
 from queries.components import Architecture
 from queries.writer import CheckpointData, CircuitWriter, RunRecord

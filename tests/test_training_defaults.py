@@ -37,7 +37,7 @@ def test_defaults_key_of_every_task(task, params, key):
 def test_add_sub_200_run_trains_four_epochs_at_its_rates(db, tiny, tmp_path):
     """The manifest says add_sub with n=200: 4 epochs (not the fallback 2), LoRA 3e-4, full FT 6e-6."""
     from analysis.tasks.build import DatasetSpec, make_dataset
-    from ingest.job import run_ingest
+    from ingest.jobs.finetune import run_ingest
 
     driver, database = db
     model, root = tiny
@@ -82,7 +82,7 @@ def test_adalora_reaches_its_target_rank(tiny, tmp_path):
     from analysis.datasets import load_split
     from analysis.tasks.build import DatasetSpec, make_dataset
     from analysis.training import CausalLMExamples, wrap_for_training
-    from ingest.job import AdaLoraAllocator, load_for_training
+    from ingest.jobs.finetune import AdaLoraAllocator, load_for_training
 
     model_dir, _ = tiny
     make_dataset(DatasetSpec(task="add_sub", tokenizer=model_dir, out=tmp_path / "d", n=100, count=60))
@@ -107,7 +107,7 @@ def test_warmup_is_applied_as_given(db, tiny, tmp_path):
     """Warm-up 3 of 6 steps: the learning rate rises for 3 steps and peaks at step 4 (it used to be
     capped at total // 5 = 1 step: a peak at step 2)."""
     from analysis.tasks.build import DatasetSpec, make_dataset
-    from ingest.job import run_ingest
+    from ingest.jobs.finetune import run_ingest
 
     driver, database = db
     model, _ = tiny

@@ -11,15 +11,25 @@ from analysis.tasks.base import Task, match
 from analysis.tasks.words import ARITH_PREFIX
 
 ADD_SUB_NS = (100, 200, 300, 400, 500)
-_BINARY = re.compile(re.escape(ARITH_PREFIX) + r"(\d+) ([-+*/]) (\d+) =")
-_FLIP = {"+": "-", "-": "+"}
+# An addition's or a subtraction's corruption: the other operator (also the compositional task's).
+FLIP = {"+": "-", "-": "+"}
+
+
+def arith_prompt(body: str) -> re.Pattern:
+    """The regex of an arithmetic prompt: the instruction prefix, then ``body``."""
+    return re.compile(re.escape(ARITH_PREFIX) + body)
 
 
 @dataclass(frozen=True)
 class Binary:
+    """The prompt `a op b =`."""
+
     a: int
     op: str
     b: int
+
+
+_BINARY = arith_prompt(r"(\d+) ([-+*/]) (\d+) =")
 
 
 def _value(x: Binary) -> int | None:
@@ -72,12 +82,12 @@ class AddSub(_BinaryTask):
         return Binary(a, group, b)
 
     def corrupt(self, inst: Binary, rng: random.Random) -> Binary:
-        return replace(inst, op=_FLIP[inst.op])
+        return replace(inst, op=FLIP[inst.op])
 
     def perturb(self, inst: Binary, rng: random.Random) -> Binary:
         # Numeric noise (one operand changes) or operator noise, half and half (method.md 7).
         if rng.random() < 0.5:
-            return replace(inst, op=_FLIP[inst.op])
+            return replace(inst, op=FLIP[inst.op])
         a, b = inst.a, inst.b
         if rng.random() < 0.5:
             a = rng.randint(1, self.n)
@@ -89,12 +99,12 @@ class AddSub(_BinaryTask):
 
     def parse(self, prompt: str) -> Binary:
         x = super().parse(prompt)
-        if x.op not in _FLIP:
+        if x.op not in FLIP:
             raise UserError(f"add_sub: operator {x.op!r} is not + or -: {prompt[-30:]!r}")
         return x
 
     def corruption_kind(self, inst: Binary, corr: Binary) -> str:
-        if (inst.a, inst.b) == (corr.a, corr.b) and corr.op == _FLIP.get(inst.op):
+        if (inst.a, inst.b) == (corr.a, corr.b) and corr.op == FLIP.get(inst.op):
             return "operator"
         return "other"
 

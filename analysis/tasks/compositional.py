@@ -9,17 +9,16 @@ filters, so the three datasets stay aligned.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, replace
 
 from analysis.errors import UserError
+from analysis.tasks.arithmetic import FLIP, arith_prompt
 from analysis.tasks.base import Task, match
 from analysis.tasks.words import ARITH_PREFIX
 
-_COMP = re.compile(re.escape(ARITH_PREFIX) + r"\((\d+) ([-+]) (\d+)\) ([*/]) (\d+) =")
-_STEP_ADD = re.compile(re.escape(ARITH_PREFIX) + r"(\d+) ([-+]) (\d+) =")
-_STEP_MUL = re.compile(re.escape(ARITH_PREFIX) + r"(\d+) ([*/]) (\d+) =")
-_FLIP = {"+": "-", "-": "+"}
+_COMP = arith_prompt(r"\((\d+) ([-+]) (\d+)\) ([*/]) (\d+) =")
+_STEP_ADD = arith_prompt(r"(\d+) ([-+]) (\d+) =")
+_STEP_MUL = arith_prompt(r"(\d+) ([*/]) (\d+) =")
 
 
 @dataclass(frozen=True)
@@ -137,11 +136,11 @@ class CompositionalAddSub(_Subtask):
         return inst, replace(inst, flipped=True)
 
     def render(self, inst: Comp) -> str:
-        op = _FLIP[inst.op1] if inst.flipped else inst.op1
+        op = FLIP[inst.op1] if inst.flipped else inst.op1
         return f"{ARITH_PREFIX}{inst.x} {op} {inst.y} ="
 
     def answer(self, inst: Comp) -> str:
-        return str(replace(inst, op1=_FLIP[inst.op1]).bracket if inst.flipped else inst.bracket)
+        return str(replace(inst, op1=FLIP[inst.op1]).bracket if inst.flipped else inst.bracket)
 
     def group_of(self, inst: Comp) -> str:
         return inst.op1

@@ -10,10 +10,18 @@ import random
 import re
 from dataclasses import dataclass, replace
 
+from analysis.errors import UserError
 from analysis.tasks.base import Task, match
 from analysis.tasks.words import IOI_GIVE_VERB, IOI_NAMES, IOI_OBJECTS, IOI_WANT_VERBS, countries
 
 _CMP = re.compile(r"Is (\d+) > (\d+)\? Answer:")
+
+
+class _WordAnswerTask(Task):
+    """A rebuttal task: its answers are words, checked as single tokens after a space (module docstring)."""
+
+    label_space = True
+    default_count = 2000
 
 
 @dataclass(frozen=True)
@@ -22,14 +30,12 @@ class Pair:
     b: int
 
 
-class Comparison(Task):
+class Comparison(_WordAnswerTask):
     """`Is {a} > {b}? Answer:` -> Yes/No (balanced); corruption swaps the two numbers."""
 
     name = "comparison"
     summary = "Comparison 'Is 121 > 112? Answer:' -> Yes/No; corruption swaps the numbers"
-    default_count = 2000
     groups = ("Yes", "No")
-    label_space = True
     corruption_kinds = ("swap",)
 
     def draw(self, rng: random.Random, group: str) -> Pair | None:
@@ -85,14 +91,12 @@ class Ioi:
     given: int                      # which object (0 or 1) the giver hands over
 
 
-class IoiTask(Task):
+class IoiTask(_WordAnswerTask):
     """`A needed X, B wanted Y, C handed X to` -> A; corruption hands the other object (-> B)."""
 
     name = "ioi"
     summary = "Complex IOI 'Robert needed brush, Kelly wanted pan, Daniel handed brush to' -> Robert"
-    default_count = 2000
     groups = ("first", "second")
-    label_space = True
     corruption_kinds = ("object",)
 
     def draw(self, rng: random.Random, group: str) -> Ioi:
@@ -124,7 +128,6 @@ class IoiTask(Task):
         g = match(_IOI, prompt, self.name).groups()
         objects = (g[2], g[5])
         if g[8] not in objects or g[2] == g[5]:
-            from analysis.errors import UserError
             raise UserError(f"ioi: the handed object is not one of the two wanted ones: {prompt!r}")
         return Ioi((g[0], g[3], g[6]), objects, objects.index(g[8]))
 
@@ -142,14 +145,13 @@ class Analogy:
     query: int   # index of the country whose capital is asked for
 
 
-class Capital(Task):
+class Capital(_WordAnswerTask):
     """`If {c1} corresponds to {cap1}, then {c2} corresponds to` -> cap2; corruption swaps c2."""
 
     name = "capital"
     summary = "Capital analogy 'If Abkhazia corresponds to Sukhumi, then Moldova corresponds to' -> Chisinau"
-    default_count = 1000
-    label_space = True
     corruption_kinds = ("query_country",)
+    default_count = 1000  # not the base class's 2000
 
     def draw(self, rng: random.Random, group: str) -> Analogy:
         i, j = rng.sample(range(len(countries())), 2)
@@ -174,7 +176,6 @@ class Capital(Task):
         g = match(_CAP, prompt, self.name).groups()
         index = {c: i for i, (c, _) in enumerate(countries())}
         if g[0] not in index or g[2] not in index or countries()[index[g[0]]][1] != g[1]:
-            from analysis.errors import UserError
             raise UserError(f"capital: country or capital not in the shipped list: {prompt!r}")
         return Analogy(index[g[0]], index[g[2]])
 

@@ -1,0 +1,95 @@
+"""`circuitshift experiment compare|table`: the paper's method comparison (Tables 1, 3, 4 form); the job is
+ingest/jobs/experiment.py, loaded (with torch) only when a command runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from analysis.errors import UserError
+from analysis.provenance import content_hash
+from ingest.commands.options import data_options, run_settings, schedule_options
+from ingest.jobs.task_data import resolve_data
+from ingest.output import emit
+from queries.api import Store
+from queries.connection import session_driver
+
+TABLE_FORMATS = ("table", "markdown", "json", "csv")
+
+
+def print_table(t: dict, fmt: str) -> None:
+    from ingest.jobs.experiment import markdown_table
+    if fmt == "json":
+        click.echo(json.dumps(t, indent=2, default=str))
+    elif fmt == "markdown":
+        click.echo(markdown_table(t))
+    else:
+        title = (f"experiment {t['experiment']}: {t['task']} on {t['model']}, {len(t['seeds'])} seed(s); "
+                 "accuracy % = mean and std over seeds (from the store)")
+        emit({"table": t["table"]}, fmt, "table", title=title)
+
+
+@click.group()
+def experiment():
+    """The paper's comparison: pre-trained, full FT, LoRA r=2/8/16/32, CircuitLoRA and RandomLoRA at
+    (8,32) and (16,64), AdaLoRA; every run stored, the table computed from the store."""
+
+
+@experiment.command()
+@click.option("--model", required=True, help="HF hub name or local model folder.")
+@data_options
+@click.option("--seeds", "n_seeds", type=int, default=5, show_default=True, help="Seeds per method.")
+@click.option("--seed", "first_seed", type=int, default=42, show_default=True, help="First seed (then +1, +2, ...).")
+@click.option("--methods", default=None,
+              help="Comma-separated subset, e.g. lora-r16,circuitlora-8-32 (default: the paper's set).")
+@click.option("--experiment", "experiment_id", default=None, help="Experiment name (default: derived).")
+@click.option("--top", type=int, default=5, show_default=True, help="Critical (and random) layers.")
+@click.option("--lr", type=float, default=None, help="LoRA learning rate (default: the paper's, 3e-4).")
+@click.option("--full-lr", type=float, default=None, help="Full fine-tuning learning rate (default: the paper's).")
+@click.option("--adalora-lr", type=float, default=None, help="AdaLoRA learning rate (default: the paper's 8e-3).")
+@click.option("--lr-critical", type=float, default=None,
+              help="Critical-module learning rate (default: the paper's per task, scaled by --lr / 3e-4).")
+@click.option("--phase1-epochs", type=float, default=1.0, show_default=True)
+@click.option("--phase1-steps", type=int, default=None, help="Phase 1 length in steps (overrides epochs).")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="table", show_default=True)
+@schedule_options
+def compare(model, task, n, count, data_dir, n_seeds, first_seed, methods, experiment_id, top, lr, full_lr,
+            adalora_lr, lr_critical, phase1_epochs, phase1_steps, fmt, schedule):
+    """Run the paper's set of methods for --seeds seeds and print the table (Table 1 form)."""
+    from ingest.jobs.experiment import PAPER_SET, ExperimentConfig, run_experiment
+
+    if n_seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {n_seeds}")
+    labels = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(PAPER_SET)
+    data, task_name = resolve_data(model, task, n, count, data_dir)
+    s = run_settings(model, data, schedule, first_seed)
+    seeds = [first_seed + i for i in range(n_seeds)]
+    if experiment_id is None:
+        key = content_hash({"data": data, "train": s.train.record(), "scoring": str(s.scoring), "top": top,
+                            "lr": lr, "full_lr": full_lr, "adalora_lr": adalora_lr, "lr_critical": lr_critical,
+                            "p1": [phase1_epochs, phase1_steps]})[:8]
+        experiment_id = f"cmp-{Path(model).name}-{task_name or Path(data).name}-{key}"
+    cfg = ExperimentConfig(experiment=experiment_id, settings=s, seeds=seeds, labels=labels, task=task_name,
+                           top=top, lr=lr, full_lr=full_lr, adalora_lr=adalora_lr, lr_critical=lr_critical,
+                           phase1_epochs=phase1_epochs, phase1_steps=phase1_steps)
+    t0 = time.perf_counter()
+    click.echo(f"experiment {experiment_id}: {len(labels)} methods x {len(seeds)} seeds on {task_name}")
+    with session_driver() as (driver, database):
+        t = run_experiment(driver, database, cfg, progress=False, echo=click.echo)
+    click.echo("")
+    print_table(t, fmt)
+    click.echo(f"\n{len(t['runs'])} runs in {time.perf_counter() - t0:.0f} s; "
+               f"`circuitshift experiment table {experiment_id}` prints the table again from the store")
+
+
+@experiment.command()
+@click.argument("experiment_id")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="table", show_default=True)
+def table(experiment_id, fmt):
+    """Print a stored experiment's table (computed by Cypher from its runs' final checkpoints)."""
+    from ingest.jobs.experiment import experiment_table
+    with session_driver() as (driver, database):
+        print_table(experiment_table(Store(driver, database), experiment_id), fmt)

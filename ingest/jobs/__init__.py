@@ -1,0 +1,15 @@
+"""The jobs: what a command does, apart from its options (ingest/commands/ parses those).
+
+    finetune      fine-tune and stream every checkpoint's circuit into Neo4j (CircuitCheckpointCallback)
+    summary       a run's summary from the store; ingest-and-summarise for the commands and demos
+    task_data     a task's dataset made with a model's tokenizer (--task) or a given folder (--data)
+    circuitlora   CircuitLoRA plans (critical layers or random) and phase-1/phase-2 training
+    experiment    the paper's method comparison and its table, from the store
+    robustness    circuits on perturbed data, disjoint splits and the resampling-noise baseline
+    report        a run's figures and HTML page from the store (and its Browser view)
+    demo          the small local model of `circuitshift demo`; real_demo: the real-model path
+    local_server  the local Neo4j server: start (password, schema, Browser assets), stop
+    export        one stored circuit as GraphML, GEXF or EAP-IG JSON
+    import_eap    EAP-IG JSON circuits into the store
+    score         score a model's graph on a dataset into a JSON file
+"""

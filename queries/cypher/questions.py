@@ -1,0 +1,205 @@
+"""The paper's questions as named, parameterized Cypher statements, and the reads that resolve circuits.
+
+Formulas cite `../shared/spec/method.md` (section numbers below); parameters and the rows the selection
+yields are described in `queries/cypher/fragments.py`, which every statement here is assembled from.
+"""
+
+from __future__ import annotations
+
+from queries.cypher.fragments import (CHURN_TAIL, GIVEN_CHECKPOINTS, GIVEN_ENDPOINTS, LAYER_OF_NODE,
+                                      LAYER_OF_SRC, LAZY_ARRAYS, RUN_CHECKPOINTS, SELECT, SELECT_KEYS, cut)
+
+
+RESOLVE_CHECKPOINT = """
+MATCH (r:Run {id: $run})-[:HAS_CHECKPOINT]->(c:Checkpoint {step: $step}) WHERE c.complete
+MATCH (r)-[:ON_ARCH]->(a:Architecture)
+RETURN c.uid AS uid, c.level AS level, c.n_edges AS n_edges, a.key AS arch, a.n_layers AS n_layers,
+       a.n_heads AS n_heads, a.n_components AS n_comp, a.parallel_attn_mlp AS parallel,
+       a.n_kv_heads AS n_kv_heads
+"""
+
+RUN_INFO = """
+MATCH (r:Run {id: $run})-[:ON_ARCH]->(a:Architecture)
+OPTIONAL MATCH (r)-[:HAS_CHECKPOINT]->(c:Checkpoint) WHERE c.complete
+WITH r, a, c ORDER BY c.step
+RETURN a.key AS arch, a.n_layers AS n_layers, a.n_heads AS n_heads, a.n_components AS n_comp,
+       a.parallel_attn_mlp AS parallel, a.n_kv_heads AS n_kv_heads, collect(c.step) AS steps,
+       collect(c.level) AS levels,
+       collect(c.uid) AS uids
+"""
+
+# method.md 6.2 (edges: symmetric difference of the edge sets of checkpoints t and t+1).
+CHURN_EDGES = RUN_CHECKPOINTS + SELECT_KEYS + "WITH pos, key AS item, n_pos\n" + CHURN_TAIL
+
+# method.md 6.1 (nodes: symmetric difference of the node sets; a node is in a circuit when one of its
+# edges is).
+CHURN_NODES = RUN_CHECKPOINTS + SELECT_KEYS + """
+WITH pos, n_pos, CASE $level WHEN 'head' THEN key ELSE key / 4 END AS pair
+UNWIND [pair / $n_comp, pair % $n_comp] AS item
+WITH DISTINCT pos, n_pos, item
+""" + CHURN_TAIL
+
+# method.md 6.4 with 6.5's per-layer grouping: added/removed nodes and edges between circuit A
+# ($uids[0]) and circuit B ($uids[1]); an edge's layer is its source's layer, `input` = layer 0.
+PER_LAYER = GIVEN_ENDPOINTS + """
+WITH collect({pos: pos, key: key, src: src, dst: dst}) AS rows
+CALL (rows) {
+  UNWIND rows AS row
+  WITH row.key AS key, row.src AS src, collect(row.pos) AS present
+  WITH """ + LAYER_OF_SRC + """ AS layer, present
+  RETURN 'edge' AS what, layer,
+         sum(CASE WHEN present = [1] THEN 1 ELSE 0 END) AS added,
+         sum(CASE WHEN present = [0] THEN 1 ELSE 0 END) AS removed
+  UNION ALL
+  UNWIND rows AS row
+  UNWIND [row.src, row.dst] AS node
+  WITH node, collect(DISTINCT row.pos) AS present
+  WITH """ + LAYER_OF_NODE + """ AS layer, present
+  RETURN 'node' AS what, layer,
+         sum(CASE WHEN present = [1] THEN 1 ELSE 0 END) AS added,
+         sum(CASE WHEN present = [0] THEN 1 ELSE 0 END) AS removed
+}
+RETURN what, layer, added, removed ORDER BY what, layer
+"""
+
+# method.md 6.4: the 95th-percentile difference (Fig. 3 left). For A and B separately keep the edges
+# with |score| >= the $pct percentile of |score| over that circuit's edges; added/removed edges come
+# from the filtered sets, added/removed nodes from the unfiltered ones; `degree` is each node's degree
+# in the filtered B graph (the figure's grey level).
+DIFF_PERCENTILE = GIVEN_ENDPOINTS + """
+WITH pos, collect({key: key, s: s, src: src, dst: dst}) AS edges
+WITH pos, edges, [e IN edges | abs(e.s)] AS mags
+UNWIND mags AS m
+WITH pos, edges, percentileCont(m, $pct / 100.0) AS threshold
+WITH pos, edges, threshold, [e IN edges WHERE abs(e.s) >= threshold] AS kept
+WITH collect({pos: pos, edges: edges, kept: kept, threshold: threshold}) AS cs
+WITH [c IN cs WHERE c.pos = 0][0] AS a, [c IN cs WHERE c.pos = 1][0] AS b
+WITH a, b, [e IN a.kept | e.key] AS ka, [e IN b.kept | e.key] AS kb
+CALL (a) { UNWIND a.edges AS e UNWIND [e.src, e.dst] AS x RETURN collect(DISTINCT x) AS na }
+CALL (b) { UNWIND b.edges AS e UNWIND [e.src, e.dst] AS x RETURN collect(DISTINCT x) AS nb }
+WITH a, b, ka, kb, [x IN nb WHERE NOT x IN na] AS added_nodes, [x IN na WHERE NOT x IN nb] AS removed_nodes
+CALL (ka, kb) {
+  UNWIND ka + kb AS key
+  WITH key, count(*) AS c
+  WITH key, c, key IN kb AS in_b
+  RETURN [k IN collect(CASE WHEN c = 1 AND in_b THEN key END) WHERE k IS NOT NULL] AS added_edges,
+         [k IN collect(CASE WHEN c = 1 AND NOT in_b THEN key END) WHERE k IS NOT NULL] AS removed_edges
+}
+CALL (b) {
+  UNWIND b.kept AS e
+  UNWIND [e.src, e.dst] AS node
+  WITH node, count(*) AS degree ORDER BY node
+  RETURN collect([node, degree]) AS degree
+}
+RETURN a.threshold AS threshold_a, b.threshold AS threshold_b, size(ka) AS kept_a, size(kb) AS kept_b,
+       added_edges, removed_edges, added_nodes, removed_nodes, degree
+"""
+
+# method.md 6.2-6.3 and 7: Jaccard similarity of the edge sets and of the node sets of A and B.
+JACCARD = GIVEN_ENDPOINTS + """
+WITH collect({pos: pos, key: key, src: src, dst: dst}) AS rows
+CALL (rows) {
+  UNWIND rows AS row
+  WITH row.key AS key, count(*) AS c
+  RETURN sum(CASE WHEN c = 2 THEN 1 ELSE 0 END) AS edge_inter, count(*) AS edge_union
+}
+CALL (rows) {
+  UNWIND rows AS row
+  UNWIND [row.src, row.dst] AS node
+  WITH node, count(DISTINCT row.pos) AS c
+  RETURN sum(CASE WHEN c = 2 THEN 1 ELSE 0 END) AS node_inter, count(*) AS node_union
+}
+RETURN edge_inter, edge_union, toFloat(edge_inter) / edge_union AS edge_jaccard,
+       node_inter, node_union, toFloat(node_inter) / node_union AS node_jaccard
+"""
+
+# method.md 5: Overlap_k(A, B) = |Top_k(A) ∩ Top_k(B)|, Top_k by |score| (ties: smaller key first).
+OVERLAP = GIVEN_CHECKPOINTS + SELECT + """
+WITH pos, key, s ORDER BY pos, abs(s) DESC, key
+WITH pos, collect(key) AS ranked
+WITH collect(ranked) AS lists
+UNWIND $ks AS k
+CALL (lists, k) {
+  UNWIND lists[0][..k] + lists[1][..k] AS key
+  WITH key, count(*) AS c
+  RETURN sum(CASE WHEN c = 2 THEN 1 ELSE 0 END) AS overlap
+}
+RETURN k, overlap, size(lists[0]) AS size_a, size(lists[1]) AS size_b
+"""
+
+# method.md 4 (phase 1): over the union of edge keys, delta = |s_B - s_A| for an edge in both,
+# |s| for an edge in one; summed per source layer (`input` = layer 0); the top $top layers.
+CRITICAL_LAYERS = GIVEN_ENDPOINTS + """
+WITH key, src, collect({pos: pos, s: s}) AS entries
+WITH """ + LAYER_OF_SRC + """ AS layer,
+     CASE size(entries) WHEN 2 THEN abs(entries[0].s - entries[1].s) ELSE abs(entries[0].s) END AS delta
+WITH layer, sum(delta) AS delta
+ORDER BY delta DESC, layer
+WITH collect({layer: layer, delta: delta}) AS ranked
+RETURN [x IN ranked[..$top] | x.layer] AS layers, [x IN ranked[..$top] | x.delta] AS deltas,
+       [x IN ranked | x.layer] AS all_layers, [x IN ranked | x.delta] AS all_deltas
+"""
+
+# method.md 6.6: does node change explain edge change? (a) the rebuttal's bound: changed nodes x mean
+# node degree (averaged over A and B) vs. actual edge changes; (b) the code's version: the share of
+# changed edges incident to a changed node (q/k/v suffixes stripped: incidence is by component).
+NODE_BOUND = GIVEN_ENDPOINTS + """
+WITH collect({pos: pos, key: key, src: src, dst: dst}) AS rows
+CALL (rows) {
+  UNWIND rows AS row
+  UNWIND [row.src, row.dst] AS node
+  WITH node, collect(DISTINCT row.pos) AS present
+  RETURN collect(CASE WHEN size(present) = 1 THEN node END) AS changed_nodes,
+         sum(CASE WHEN 0 IN present THEN 1 ELSE 0 END) AS nodes_a,
+         sum(CASE WHEN 1 IN present THEN 1 ELSE 0 END) AS nodes_b
+}
+CALL (rows, changed_nodes) {
+  UNWIND rows AS row
+  WITH row.key AS key, row.src AS src, row.dst AS dst, collect(row.pos) AS present
+  RETURN sum(CASE WHEN size(present) = 1 THEN 1 ELSE 0 END) AS changed_edges,
+         sum(CASE WHEN size(present) = 1 AND (src IN changed_nodes OR dst IN changed_nodes)
+                  THEN 1 ELSE 0 END) AS incident_changed_edges,
+         sum(CASE WHEN 0 IN present THEN 1 ELSE 0 END) AS edges_a,
+         sum(CASE WHEN 1 IN present THEN 1 ELSE 0 END) AS edges_b
+}
+WITH size(changed_nodes) AS changed_nodes, nodes_a, nodes_b, changed_edges, incident_changed_edges,
+     edges_a, edges_b,
+     (2.0 * edges_a / nodes_a + 2.0 * edges_b / nodes_b) / 2.0 AS mean_degree
+RETURN changed_nodes, changed_edges, mean_degree, changed_nodes * mean_degree AS bound,
+       CASE WHEN changed_nodes = 0 THEN null ELSE changed_edges / (changed_nodes * mean_degree) END
+         AS actual_over_bound,
+       incident_changed_edges,
+       CASE WHEN changed_edges = 0 THEN null ELSE toFloat(incident_changed_edges) / changed_edges END
+         AS incident_share,
+       nodes_a, nodes_b, edges_a, edges_b
+"""
+
+# method.md 5: union of A and B at head level. Nodes: OR; edges: union of keys, the average score
+# for an edge in both, its own score otherwise; then the top $max_edges by |score| (ties: key).
+UNION_EDGES = GIVEN_CHECKPOINTS + SELECT + """
+WITH key, collect(s) AS ss
+WITH key, CASE size(ss) WHEN 2 THEN (ss[0] + ss[1]) / 2.0 ELSE ss[0] END AS s
+ORDER BY abs(s) DESC, key
+WITH collect({key: key, s: s}) AS merged
+UNWIND CASE WHEN $max_edges IS NULL THEN merged ELSE merged[..$max_edges] END AS e
+RETURN e.key AS key, e.s AS s
+"""
+
+# The keys a prefix definition (top_n, top_frac, threshold, percentile) selects in each checkpoint of
+# $uids, at the stored level, before pruning (queries.api.Store prunes them).
+SELECTED_PREFIX = """
+UNWIND $uids AS uid
+MATCH (c:Checkpoint {uid: uid}) WHERE c.complete
+WITH c, """ + LAZY_ARRAYS + cut("c") + """RETURN c.uid AS uid, c.step AS step, c.run AS run, keys[..cut] AS keys
+"""
+
+# Keys and scores of one circuit (for exports and tests).
+CIRCUIT_EDGES = GIVEN_CHECKPOINTS + SELECT + """
+RETURN key, s ORDER BY abs(s) DESC, key
+"""
+
+# Every scored edge of one checkpoint, in rank order, with its own circuit (1-based ranks): exports.
+CHECKPOINT_ARRAYS = """
+MATCH (c:Checkpoint {uid: $uid}) WHERE c.complete
+RETURN c.level AS level, c.keys AS keys, c.scores AS scores, c.in_graph AS in_graph
+"""
