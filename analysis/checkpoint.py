@@ -18,10 +18,11 @@ import torch
 
 from analysis.adapter import ModelAdapter
 from analysis.circuit import select_circuit
-from analysis.eap import check_settings, score
+from analysis.distributed import sharded_evaluate_many, sharded_score
+from analysis.eap import check_settings
 from analysis.errors import UserError
-from analysis.evaluate import evaluate
 from analysis.graph import build_graph
+from analysis.mib import mib_curve
 
 
 @dataclass
@@ -40,6 +41,12 @@ class ScoringConfig:
                 "5% of a few hundred edges is not a circuit."})
     compat: str | None = field(default=None, metadata={
         "help": "hannamw: hannamw/EAP-IG's exact numbers (analysis.eap; implies its IG rule)."})
+    chunk: int | None = field(default=None, metadata={
+        "help": "Score each batch in micro-batches of at most N examples (same scores, less memory); "
+                "default: what fits the accelerator's free memory (the whole batch on the CPU)."})
+    mib: bool = field(default=False, metadata={
+        "help": "Also MIB's CPR and CMD (analysis.mib: the KL faithfulness of the top-p circuits at MIB's "
+                "edge fractions) per checkpoint, stored as cpr, cmd and mib_faithfulness (percent)."})
 
     def __post_init__(self):
         check_settings(self.method, self.metric, self.steps, self.ig_rule, self.batch_size, self.compat)
@@ -47,6 +54,8 @@ class ScoringConfig:
             raise UserError(f"--top-frac must be in (0, 1], got {self.top_frac}")
         if self.top_n is not None and self.top_n < 1:
             raise UserError(f"--top-n must be a positive number of edges, got {self.top_n}")
+        if self.chunk is not None and self.chunk < 1:
+            raise UserError(f"--chunk must be a positive number of examples, got {self.chunk}")
 
     @property
     def selection(self) -> tuple[str, float]:
@@ -54,9 +63,13 @@ class ScoringConfig:
         return ("top_n", self.top_n) if self.top_n is not None else ("top_frac", self.top_frac)
 
     def record(self) -> dict:
-        """The settings as hashed with a run; top_n and compat only when set, so the hashes of top-frac
-        runs without compat are those from before the options existed."""
+        """The settings as hashed with a run; top_n, compat and mib only when set, so the hashes of
+        top-frac runs without them are those from before the options existed. chunk never: it changes
+        the memory used, not the scores (a chunked batch's scores are the batch's, analysis.eap)."""
         d = asdict(self)
+        del d["chunk"]
+        if not d["mib"]:
+            del d["mib"]
         if d["top_n"] is None:
             del d["top_n"]
         if d["compat"] is None:  # as top_n: the hashes of runs without compat are unchanged
@@ -107,20 +120,27 @@ def scoring_view(model):
 
 def score_checkpoint(model, tokenizer, pairs: Sequence, cfg: ScoringConfig,
                      progress: bool = False) -> CheckpointResult:
-    """Score, select and evaluate the circuit of `model` on `pairs` (the held-out circuit split)."""
+    """Score, select and evaluate the circuit of `model` on `pairs` (the held-out circuit split).
+
+    In a distributed run (an initialised process group) every rank must call it: each scores and
+    evaluates its shard of the pairs and the sums are all-reduced (analysis.distributed), so every
+    rank returns the same result."""
     pairs = list(pairs)[: cfg.max_examples] if cfg.max_examples else list(pairs)
     with scoring_view(model) as plain:
         adapter = ModelAdapter(plain, tokenizer)
         graph = build_graph(adapter.spec)
-        result = score(adapter, graph, pairs, method=cfg.method, metric=cfg.metric, steps=cfg.steps,
-                       ig_rule=cfg.ig_rule, batch_size=cfg.batch_size, progress=progress, compat=cfg.compat)
+        result = sharded_score(adapter, graph, pairs, method=cfg.method, metric=cfg.metric, steps=cfg.steps,
+                               ig_rule=cfg.ig_rule, batch_size=cfg.batch_size, progress=progress,
+                               compat=cfg.compat, chunk=cfg.chunk)
         method, value = cfg.selection
         circuit = select_circuit(result, adapter.spec, method, value)
         if not circuit.edges:
             what = f"top {value:g}" if method == "top_n" else f"top {value:g} of {len(graph.edges)}"
             raise UserError(f"the {what} edges prune to an empty circuit; select more edges (--top-n or "
                             "--top-frac) for a model this small")
-        ev = evaluate(adapter, circuit, pairs, metric="kl", batch_size=cfg.batch_size, prune=False)
+        ev = sharded_evaluate_many(adapter, [circuit], pairs, ("kl",), cfg.batch_size, prune=False)[0]
+        # every rank computes the whole curve (same weights, same numbers): no collective to match
+        mib = mib_curve(adapter, result, pairs, "kl", cfg.batch_size) if cfg.mib else None
     names = [e.name for e in graph.edges]
     scores = graph.edge_scores(result.dense).double().tolist()
     in_graph = [n in circuit.edges for n in names]
@@ -132,4 +152,7 @@ def score_checkpoint(model, tokenizer, pairs: Sequence, cfg: ScoringConfig,
     settings = {**cfg.record(), **result.settings, "selection": f"{method} {value:g} then prune",
                 "circuit_edges_selected": circuit.meta.get("selected_edges"),
                 "faithfulness_metric": "kl (vocab mean), method.md 2.5"}
+    if mib is not None:
+        metrics.update(cpr=mib.cpr, cmd=mib.cmd, mib_faithfulness=list(mib.faithfulness))
+        settings["mib"] = {"metric": mib.metric, "fractions": list(mib.fractions), "n_edges": list(mib.n_edges)}
     return CheckpointResult(names, scores, in_graph, metrics, settings)

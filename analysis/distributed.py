@@ -13,13 +13,18 @@ Without an initialised process group (or with one process) these are the plain `
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from analysis.eap import ScoreResult, score
+from analysis.errors import UserError
 from analysis.evaluate import EvalResult, Faithfulness, evaluate_many, percent
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,6 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 def sharded_score(adapter, graph, pairs: Sequence, shard: Shard | None = None, **kwargs):
     """`analysis.eap.score` over this rank's batches, all-reduced into the whole split's scores."""
-    from analysis.eap import ScoreResult, score
-
     shard = shard or current_shard()
     if shard.world == 1:
         return score(adapter, graph, pairs, **kwargs)
@@ -117,8 +120,57 @@ def sharded_evaluate_many(adapter, circuits, pairs: Sequence, metrics: Sequence[
 
 
 def is_main_process() -> bool:
-    """Rank 0 (or the only process): the one that writes to the store."""
-    return current_shard().rank == 0
+    """Rank 0 (or the only process): the one that writes to the store. Before the process group is
+    initialised, the rank a launcher (torchrun, accelerate launch) put in the environment."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return launched_shard().rank == 0
 
 
-__all__ = ["Shard", "current_shard", "sharded_score", "sharded_evaluate_many", "is_main_process"]
+def launched_shard() -> Shard:
+    """The shard a launcher describes in the environment (RANK / WORLD_SIZE; both torchrun and
+    accelerate launch set them), whether or not the process group is initialised yet."""
+    return Shard(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def join_launched_group(device: str) -> Shard:
+    """Initialise the process group of a launched run (gloo on the CPU, nccl on CUDA) if there is one
+    and it is not initialised yet; the Trainer (accelerate) then uses this group. Returns the shard."""
+    launched = launched_shard()
+    if launched.world > 1 and dist.is_available() and not dist.is_initialized():
+        cuda = str(device).startswith("cuda")
+        if cuda:  # one GPU per process, before nccl starts
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return current_shard()
+
+
+def from_rank0(fn: Callable[[], T]) -> T:
+    """``fn()`` run on rank 0 alone (e.g. a read of the store), its value broadcast to every rank; a
+    UserError on rank 0 is raised on every rank (so no rank waits for a collective that never comes)."""
+    if current_shard().world == 1:
+        return fn()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", fn())]
+        except UserError as e:
+            box = [("error", str(e))]
+        except BaseException as e:  # tell the others before dying, then re-raise here
+            dist.broadcast_object_list([("error", f"rank 0 failed: {e!r}")], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside a distributed run)."""
+    if current_shard().world > 1:
+        dist.barrier()
+
+
+__all__ = ["Shard", "current_shard", "sharded_score", "sharded_evaluate_many", "is_main_process",
+           "launched_shard", "join_launched_group", "from_rank0", "barrier"]

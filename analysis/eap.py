@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import torch
@@ -68,6 +68,7 @@ from analysis.adapter import Batch, ModelAdapter
 from analysis.errors import UserError
 from analysis.eap_batch import BatchScorer
 from analysis.eap_fused import Engine, Grads
+from analysis.eap_memory import choose_chunk, device_budget, estimate_memory, format_bytes  # noqa: F401 (re-exported)
 from analysis.graph import Graph
 from analysis.metrics import NEEDS_CORRUPTED_LABEL, get_metric
 
@@ -212,6 +213,11 @@ def _parity(adapter: ModelAdapter, batch: Batch, hooked: Tensor) -> float:
     return float((ref.to(torch.float64) - hooked.to(torch.float64)).abs().max())
 
 
+def batch_rows(batch: Batch, lo: int, hi: int) -> Batch:
+    """Rows lo:hi of ``batch`` (a chunk), padded as the whole batch: every field is per row."""
+    return Batch(*(None if (v := getattr(batch, f.name)) is None else v[lo:hi] for f in fields(batch)))
+
+
 def with_backend(adapter, backend: str | None):
     """The adapter that scores with ``backend`` (None: the adapter's own). A native adapter asked for
     transformer-lens is re-wrapped (a copy of its model) by :class:`analysis.tl_adapter.TLAdapter`."""
@@ -250,11 +256,15 @@ def _settings(adapter, method: str, metric: str, m: int, ig_rule: str, batch_siz
 def score(adapter: ModelAdapter, graph: Graph, pairs: Sequence, method: str = "eap-ig-inputs",
           metric: str = "kl", steps: int | None = 5, ig_rule: str | None = "right", batch_size: int = 16,
           progress: bool = False, parity: bool = True, compat: str | None = None,
-          backend: str | None = None) -> ScoreResult:
+          backend: str | None = None, chunk: int | None = None,
+          memory_budget: int | None = None) -> ScoreResult:
     """Score every edge of ``graph`` on prompt ``pairs`` (``analysis.datasets.PromptPair``).
 
     ``compat="hannamw"``: hannamw/EAP-IG's exact numbers (module docstring; implies its IG rule).
-    ``backend``: "native" or "transformer-lens" (None: the adapter's own)."""
+    ``backend``: "native" or "transformer-lens" (None: the adapter's own).
+    ``chunk``: score each batch in micro-batches of at most ``chunk`` examples (the same numbers up to
+    float rounding, less memory); None: the largest chunk whose estimate fits ``memory_budget`` bytes
+    (None: the accelerator's free memory; on the CPU the whole batch)."""
     t0 = time.perf_counter()
     m = check_settings(method, metric, steps, ig_rule, batch_size, compat, backend)
     ig_rule = resolve_ig_rule(method, ig_rule, compat)
@@ -277,48 +287,30 @@ def score(adapter: ModelAdapter, graph: Graph, pairs: Sequence, method: str = "e
     parity_value = None
     points = 1
     engine = Engine(adapter, graph, acc)
+    if chunk is not None and chunk <= 0:
+        raise UserError(f"--chunk must be a positive number of examples, got {chunk}")
+    budget = memory_budget if memory_budget is not None else (None if chunk else device_budget(adapter))
+    split = 0  # the largest chunk of a batch that was split (0: none was)
     for st in it:
         batch = adapter.make_batch(enc, range(st, min(n, st + batch_size)))
-        s = BatchScorer(adapter, graph, batch, metric_fn, acc, engine)
-        points = _score_batch(s, method, m, ig_rule, compat)
-        batch_scores = s.batch_scores()
-        total += batch_scores if compat is None else batch_scores / batch.clean.shape[0]  # hannamw: batch mean
-        if parity and parity_value is None:
-            # the hooked clean-run logits: target is the (hooked) clean last-position logits
-            parity_value = _parity(adapter, batch, s.target)
-        del s
+        size = batch.clean.shape[0]
+        c = chunk or choose_chunk(adapter, graph, size, batch.clean.shape[1], budget)
+        split = max(split, c if c < size else 0)
+        batch_scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64)
+        for lo in range(0, size, c):
+            part = batch_rows(batch, lo, min(size, lo + c))  # same padding as the whole batch
+            s = BatchScorer(adapter, graph, part, metric_fn, acc, engine)
+            points = _score_batch(s, method, m, ig_rule, compat)
+            batch_scores += s.batch_scores()
+            if parity and st == 0:
+                # the hooked clean-run logits: target is the (hooked) clean answer-position logits
+                value = _parity(adapter, part, s.target)
+                parity_value = value if parity_value is None else max(parity_value, value)
+            del s
+        total += batch_scores if compat is None else batch_scores / size  # hannamw: the whole batch's mean
     dense = total / (n * points)
     dense[~graph.mask] = 0.0
     settings = _settings(adapter, method, metric, m, ig_rule, batch_size, n, compat)
+    if split:  # recorded only when a batch was split, so unsplit runs' settings are as before
+        settings["chunk"] = split
     return ScoreResult(dense, graph.mask.clone(), graph, settings, parity_value, time.perf_counter() - t0)
-
-
-# ------------------------------------------------------------------------------------------ memory
-def estimate_memory(adapter: ModelAdapter, graph: Graph, batch_size: int, n_pos: int) -> dict[str, int]:
-    """Rough peak memory (bytes) of one batch: weights, activation differences, stored gradients,
-    per-layer contraction temporaries and autograd activations."""
-    B, P, D, L, H = batch_size, n_pos, adapter.d_model, adapter.n_layers, adapter.n_heads
-    wb = torch.finfo(adapter.dtype).bits // 8
-    ab = 8 if adapter.dtype == torch.float64 else 4
-    n_params = sum(p.numel() for p in adapter.model.parameters())
-    d_mlp = getattr(adapter.model.config, "intermediate_size", None) or getattr(adapter.model.config, "n_inner", None) or 4 * D
-    out = {
-        "weights": n_params * wb,
-        "activation_differences": graph.n_src * B * P * D * ab,
-        # per pass: q/k/v output gradients and outputs, LayerNorm inputs, MLP / logits input gradients
-        "gradients": L * B * P * (8 * D) * wb,
-        # one layer's (3H + 2) x B x P x D destination gradients, and the (L, 3H, B*P, dh) summed /
-        # per-pass scaled head gradients and their xhat projections, plus the summed MLP gradients
-        "contraction": ((3 * H + 2) + 10 * L) * B * P * D * ab,
-        "autograd_activations": L * B * P * (12 * D + 2 * d_mlp + 2 * H * P) * wb,
-    }
-    out["total"] = sum(out.values())
-    return out
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"

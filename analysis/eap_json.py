@@ -130,10 +130,14 @@ def from_eap_json(path: Path | str, spec: GraphSpec | None = None) -> Circuit:
     index = level_index(fspec, g.level)
     order = sorted(range(len(g.names)), key=lambda i: index[g.names[i]])
     edges = {g.names[i]: g.scores[i] for i in order if g.in_graph[i]}
+    # The file's node flags are the node set: under grouped-query attention a k/v edge is named after
+    # its group's first head, which need not be a circuit node itself (as analysis/eap_pt.py reads
+    # them). Only a file that flags no node (e.g. an empty node dict) gets its edges' endpoints.
     nodes = set(g.nodes_in_graph)
-    for n in edges:
-        s, d, _ = split_edge_name(n)
-        nodes.update((s, d))
+    if not nodes:
+        for n in edges:
+            s, d, _ = split_edge_name(n)
+            nodes.update((s, d))
     meta = {**g.meta, "source_file": str(g.path)}
     all_scores = {g.names[i]: g.scores[i] for i in order} if g.full else None
     return Circuit(fspec, g.level, edges, frozenset(nodes), all_scores, meta)

@@ -74,7 +74,7 @@ def from_eap_pt(path: Path | str, spec: GraphSpec | None = None) -> Circuit:
     try:
         fspec = GraphSpec(int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg["parallel_attn_mlp"]),
                           cfg.get("n_kv_heads"))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{p}: cfg needs n_layers, n_heads and parallel_attn_mlp") from None
     if spec is not None and (fspec.n_layers, fspec.n_heads, fspec.parallel_attn_mlp) != \
             (spec.n_layers, spec.n_heads, spec.parallel_attn_mlp):
@@ -90,13 +90,18 @@ def from_eap_pt(path: Path | str, spec: GraphSpec | None = None) -> Circuit:
         raise UserError(f"{p}: edges_scores and edges_in_graph must both be {shape[0]}x{shape[1]} tensors")
     if bool((flags.bool() & ~graph.mask).any()):
         raise UserError(f"{p}: edges_in_graph marks positions that are not edges of the graph")
+    if not bool(torch.isfinite(scores[graph.mask].to(torch.float64)).all()):
+        raise UserError(f"{p}: edges_scores holds a score that is not a finite number")
+    node_flags = doc["nodes_in_graph"]
+    if not isinstance(node_flags, torch.Tensor) or tuple(node_flags.shape) != (graph.n_src,):
+        raise UserError(f"{p}: nodes_in_graph must be a tensor of {graph.n_src} flags")
     all_scores = graph.scores_to_dict(scores.to(torch.float64))
     rows, cols = flags.bool().nonzero(as_tuple=True)
     chosen = {graph.sources[r] + "->" + graph.destinations[c] for r, c in zip(rows.tolist(), cols.tolist())}
     edges = {n: s for n, s in all_scores.items() if n in chosen}
     # the file's node flags are the node set (under GQA a k/v edge is named after its group's first
     # head, which need not be in the circuit itself); logits has no flag: in when an edge reaches it
-    nodes = {n for n, f in zip(graph.sources, doc["nodes_in_graph"].tolist()) if f}
+    nodes = {n for n, f in zip(graph.sources, node_flags.bool().tolist()) if f}
     if any(n.endswith("->logits") for n in edges):
         nodes.add("logits")
     return Circuit(fspec, "qkv", edges, frozenset(nodes), all_scores, {"source_file": str(p)})

@@ -42,18 +42,21 @@ def _bars(ax) -> dict:
     return out
 
 
+def _none_to_nan(xs) -> list[float]:
+    return [float("nan") if x is None else float(x) for x in xs]
+
+
 def plot_accuracy_faithfulness(out: Path, steps: list, accuracy: list, faithfulness: list,
                                title: str = "") -> dict:
     """Fig. 2 left/middle: model accuracy and circuit faithfulness over checkpoints, both stored and
     drawn in percent (0-100)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    nan = lambda xs: [float("nan") if x is None else float(x) for x in xs]  # noqa: E731
-    ax.plot(steps, nan(accuracy), "o-", color=ADDED, label="accuracy")
-    ax.plot(steps, nan(faithfulness), "s--", color=REMOVED, label="faithfulness")
+    ax.plot(steps, _none_to_nan(accuracy), "o-", color=ADDED, label="accuracy")
+    ax.plot(steps, _none_to_nan(faithfulness), "s--", color=REMOVED, label="faithfulness")
     ax.set_xlabel("checkpoint (step)")
     ax.set_ylabel("%")
-    top = max([100.0, *(y for y in nan(accuracy) + nan(faithfulness) if y == y)])
-    ax.set_ylim(min([0.0, *(y for y in nan(faithfulness) if y == y)]) - 2, top + 2)
+    top = max([100.0, *(y for y in _none_to_nan(accuracy) + _none_to_nan(faithfulness) if y == y)])
+    ax.set_ylim(min([0.0, *(y for y in _none_to_nan(faithfulness) if y == y)]) - 2, top + 2)
     ax.set_title(title or "Accuracy and circuit faithfulness")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -200,3 +203,54 @@ def plot_robustness(out: Path, levels: list[float], series: dict[str, list[float
     ax.grid(alpha=0.3)
     drawn = {"levels": levels, **_lines(ax), "splits": splits or {}}
     return _save(fig, out, "robustness", drawn)
+
+
+def plot_checkpoint_curves(out: Path, name: str, curves: dict[str, dict], robustness: dict | None = None,
+                           title: str = "") -> dict:
+    """Fig. 2 across tasks / Fig. 4: accuracy (left) and circuit faithfulness (middle) over checkpoints,
+    one line per run (`curves`: {label: {steps, accuracy, faithfulness}}, percent); with a right panel,
+    edge Jaccard to the clean circuit vs perturbation level, when `robustness` ({levels, series}) has
+    series. Saved as `<out>/<name>.png`."""
+    rob = robustness if robustness and robustness.get("series") else None
+    fig, axes = plt.subplots(1, 3 if rob else 2, figsize=(15 if rob else 10.5, 3.8))
+    drawn: dict = {"steps": {}}
+    for ax, what in ((axes[0], "accuracy"), (axes[1], "faithfulness")):
+        for label, c in curves.items():
+            ax.plot(c["steps"], _none_to_nan(c[what]), "o-", ms=3, label=label)
+            drawn["steps"][label] = [float(s) for s in c["steps"]]
+        ax.set_xlabel("checkpoint (step)")
+        ax.set_ylabel(f"{what} (%)")
+        ax.set_ylim(min([0.0, *(y for c in curves.values() for y in _none_to_nan(c[what]) if y == y)]) - 2, 102)
+        ax.set_title(f"Model {what}" if what == "accuracy" else "Circuit faithfulness")
+        ax.grid(alpha=0.3)
+        drawn[what] = _lines(ax)
+    axes[0].legend(fontsize=7)
+    if rob:
+        ax = axes[2]
+        for label, ys in rob["series"].items():
+            ax.plot(rob["levels"][:len(ys)], ys, "o-", ms=3, label=label)
+        ax.set_xlabel("perturbation level (%)")
+        ax.set_ylabel("edge Jaccard to clean circuit")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("Circuit robustness")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        drawn["robustness"] = {"levels": list(rob["levels"]), **_lines(ax)}
+    if title:
+        fig.suptitle(title, y=1.02)  # above the panels' own titles
+    return _save(fig, out, name, drawn)
+
+
+def plot_union_curve(out: Path, fracs: list[float], ours: list[float], paper: list[float | None]) -> dict:
+    """The rebuttal's union table as a curve: faithfulness (%) of the union's top-x% circuit, ours and
+    the paper's."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = [100 * f for f in fracs]
+    ax.plot(xs, _none_to_nan(ours), "o-", color=ADDED, label="ours")
+    ax.plot(xs, _none_to_nan(paper), "s--", color=NOISE, label="paper (rebuttal)")
+    ax.set_xlabel("edges kept (% of the graph's edges)")
+    ax.set_ylabel("faithfulness (%)")
+    ax.set_title("Union circuit: faithfulness vs size")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out, "union_curve", {"percent_edges": xs, **_lines(ax)})

@@ -27,7 +27,9 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from analysis.circuit import empty_circuit, score_table, select_circuit
 from analysis.errors import UserError
+from analysis.evaluate import evaluate_many
 
 #: MIB's edge fractions (its ``evaluate_area_under_curve`` percentages)
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -81,9 +83,6 @@ def mib_curve(adapter, scores, pairs: Sequence, metric: str = "logit-diff", batc
     ``scores``: what `analysis.circuit.select_circuit` takes (a ScoreResult, an edge->score dict or
     a score document) for ``adapter``'s graph. The clean and corrupted runs are shared by all points.
     """
-    from analysis.circuit import empty_circuit, score_table, select_circuit
-    from analysis.evaluate import evaluate_many
-
     fractions = tuple(float(p) for p in fractions)
     if any(not 0 < p <= 1 for p in fractions):
         raise UserError(f"MIB fractions must lie in (0, 1], got {list(fractions)}")

@@ -73,7 +73,9 @@ def score_table(scores, spec: GraphSpec | None = None, absolute: bool = True) ->
     elif isinstance(scores, Mapping) and "scores" in scores and isinstance(scores["scores"], Mapping):
         g = scores.get("graph") or {}
         if spec is None and g:
-            spec = GraphSpec(int(g["n_layers"]), int(g["n_heads"]), bool(g["parallel_attn_mlp"]))
+            kv = g.get("n_kv_heads")  # grouped-query attention: the k/v edges exist once per kv-head
+            spec = GraphSpec(int(g["n_layers"]), int(g["n_heads"]), bool(g["parallel_attn_mlp"]),
+                             None if kv is None else int(kv))
         scores = scores["scores"]
     if spec is None:
         raise UserError("the graph shape (n_layers, n_heads, parallel_attn_mlp) of the scores is unknown")

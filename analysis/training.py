@@ -1,6 +1,6 @@
 """Fine-tuning setups of the paper (method.md section 3): configs, data, peft models, checkpoint steps.
 
-Nothing here touches the database; `ingest/job.py` runs the training loop and the store callback.
+Nothing here touches the database; `ingest/jobs/finetune.py` runs the training loop and the store callback.
 """
 
 from __future__ import annotations

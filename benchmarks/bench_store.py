@@ -1,4 +1,4 @@
-"""Circuit store benchmark: ingest throughput and warm query latency at Pythia-1.4B scale.
+"""Circuit store benchmark: ingest throughput, warm query latency and disk at Pythia-1.4B scale.
 
 Synthetic scores of the Pythia-1.4B graph shape (24 layers x 16 heads, parallel: 231,493 q/k/v-level
 edges per checkpoint), N checkpoints whose scores drift like a fine-tuning run's. Side by side:
@@ -7,9 +7,13 @@ edges per checkpoint), N checkpoints whose scores drift like a fine-tuning run's
            edge, one (:Checkpoint)-[:SCORED {score, rank}]->(:Edge) per scored edge, 20k-row UNWIND)
            vs a per-edge MERGE loop (one statement per edge; timed on a sample, it would take hours)
   queries  every library query, warm (median of 3), vs pulling the needed edges into Python and
-           computing the same answer there
+           computing the same answer there (the two must agree)
+  disk     store bytes added by the N checkpoints per stored scored edge (flushed by a server
+           restart, transaction logs excluded; only with the benchmark's own server)
+  before   with --before REV: REV's queries/ and analysis/ (exported with `git archive` to a temporary
+           folder) ingest and answer the same run on the same server first, in a subprocess
 
-    .venv/bin/python benchmarks/bench_store.py --checkpoints 11             # starts its own server
+    .venv/bin/python benchmarks/bench_store.py --checkpoints 11 --before bc70559   # starts its own server
     NEO4J_URI=bolt://... NEO4J_PASSWORD=... .venv/bin/python benchmarks/bench_store.py --external
 
 Prints a Markdown table; --json FILE also writes the figures.
@@ -22,6 +26,7 @@ import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+if "--tree" in sys.argv:  # --before's subprocess: import another revision's queries/ and analysis/
+    sys.path.insert(0, sys.argv[sys.argv.index("--tree") + 1])
 
 from queries.api import CircuitDefinition, Store  # noqa: E402
 from queries.components import Architecture  # noqa: E402
@@ -75,15 +83,20 @@ MERGE (c)-[s:SCORED]->(e) SET s.score = $score, s.rank = $rank
 """
 
 
-def bench_ingest(driver, db, arch, names, cps):
+def ingest(driver, db, arch, cps, run_id: str) -> list[float]:
+    """Our writer: seconds per checkpoint."""
     writer = CircuitWriter(driver, db)
-    writer.ensure_run(RunRecord(id="bench", model="synthetic pythia-1.4b shape", method="bench"), arch)
-    ours = []
+    writer.ensure_run(RunRecord(id=run_id, model="synthetic pythia-1.4b shape", method="bench"), arch)
+    times = []
     for cp in cps:
         t = time.perf_counter()
-        writer.write_checkpoint("bench", arch, cp)
-        ours.append(time.perf_counter() - t)
-    # plain design
+        writer.write_checkpoint(run_id, arch, cp)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def bench_baselines(driver, db, names, cps) -> dict:
+    """The plain design (2 checkpoints) and the per-edge merge loop (a 2,000-edge sample)."""
     for s in PLAIN_SCHEMA:
         driver.execute_query(s, database_=db)
     for i in range(0, len(names), 50_000):
@@ -100,7 +113,6 @@ def bench_ingest(driver, db, arch, names, cps):
         for i in range(0, len(rows), 20_000):
             driver.execute_query(PLAIN_WRITE, uid=uid, rows=rows[i:i + 20_000], database_=db)
         plain.append(time.perf_counter() - t)
-    # per-edge MERGE loop, on a sample
     sample = 2_000
     uid = secrets.randbits(60)
     driver.execute_query("CREATE (:BenchCheckpoint {uid: $uid})", uid=uid, database_=db)
@@ -108,12 +120,11 @@ def bench_ingest(driver, db, arch, names, cps):
     for n, s in zip(cps[0].names[:sample], cps[0].scores[:sample]):
         driver.execute_query(MERGE_ONE, name=n, uid=uid, score=s, rank=0, database_=db)
     loop = (time.perf_counter() - t) / sample * len(names)
-    return {"edges_per_checkpoint": len(names), "ours_s": ours, "plain_s": plain,
-            "merge_loop_s_extrapolated": loop}
+    return {"plain_s": plain, "merge_loop_s_extrapolated": loop}
 
 
 def python_side(store: Store, run: str, frac: float):
-    """Pull the top-frac keys of every checkpoint and compute churn in Python."""
+    """Pull the top-frac keys of every checkpoint and compute head-level edge churn in Python."""
     rows = store.read("MATCH (c:Checkpoint {run: $run}) WHERE c.complete WITH c ORDER BY c.step "
                       "RETURN c.step AS step, c.keys[..toInteger(floor($f * c.n_edges))] AS keys",
                       run=run, f=frac)
@@ -146,18 +157,21 @@ def timed(fn, repeats=3):
 
 
 KS = [100, 500, 1000]
+CHURN_PY = "churn (top 5%, head, unpruned)"  # the row Python computes too: the same keys, no pruning
 
 
-def bench_queries(store: Store, n_ckpt: int):
+def bench_queries(store: Store, run: str, n_ckpt: int):
+    """Every library query on `run`, warm; returns ({query: s}, {query: s for the Python side})."""
     d = CircuitDefinition()  # the stored circuit (top 5%), head level
     top = CircuitDefinition("top_frac", 0.05, "head")
-    first, last = "bench:0", f"bench:{(n_ckpt - 1) * 25}"
+    first, last = f"{run}:0", f"{run}:{(n_ckpt - 1) * 25}"
     ra, rb = store.resolve(first), store.resolve(last)
     results = {
-        "churn (in_graph, head)": timed(lambda: store.churn("bench", d)),
-        "churn (top 5%, head)": timed(lambda: store.churn("bench", top)),
-        "churn (top 5%, qkv)": timed(lambda: store.churn("bench", CircuitDefinition("top_frac", 0.05, "qkv"))),
-        "change-rate": timed(lambda: store.change_rate("bench", d)),
+        "churn (in_graph, head)": timed(lambda: store.churn(run, d)),
+        "churn (top 5%, head)": timed(lambda: store.churn(run, top)),
+        CHURN_PY: timed(lambda: store.churn(run, CircuitDefinition("top_frac", 0.05, "head", False))),
+        "churn (top 5%, qkv)": timed(lambda: store.churn(run, CircuitDefinition("top_frac", 0.05, "qkv"))),
+        "change-rate": timed(lambda: store.change_rate(run, d)),
         "per-layer": timed(lambda: store.per_layer(first, last, d)),
         "diff (95th pct)": timed(lambda: store.diff(first, last, d)),
         "overlap": timed(lambda: store.overlap(first, last, d, KS)),
@@ -166,20 +180,85 @@ def bench_queries(store: Store, n_ckpt: int):
         "node-bound": timed(lambda: store.node_bound(first, last, d)),
         "union (read side)": timed(lambda: store.union_edges(first, last, d, None)),
     }
-    py = {
-        "churn (top 5%, head)": timed(lambda: python_side(store, "bench", 0.05)),
-        "overlap": timed(lambda: python_overlap(store, ra.uid, rb.uid, KS)),
-    }
-    # the Python side must agree with Cypher
-    cy_churn = [t["edges_changed"] for t in results["churn (top 5%, head)"][1]["transitions"]]
-    assert cy_churn == py["churn (top 5%, head)"][1], (cy_churn, py["churn (top 5%, head)"][1])
+    py = {CHURN_PY: timed(lambda: python_side(store, run, 0.05)),
+          "overlap": timed(lambda: python_overlap(store, ra.uid, rb.uid, KS))}
+    for row in (CHURN_PY, "churn (in_graph, head)"):  # the stored circuit is the top 5%, unpruned
+        cy_churn = [t["edges_changed"] for t in results[row][1]["transitions"]]
+        assert cy_churn == py[CHURN_PY][1], (row, cy_churn, py[CHURN_PY][1])
     cy_ov = [o["overlap"] for o in results["overlap"][1]["overlap"]]
     assert cy_ov == py["overlap"][1], (cy_ov, py["overlap"][1])
     return {k: v[0] for k, v in results.items()}, {k: v[0] for k, v in py.items()}
 
 
-def disk_usage(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def store_bytes(server) -> int:
+    """Bytes of the server's store files, flushed: Community has no checkpoint procedure, so the server
+    is stopped (a clean stop checkpoints) and started again. Transaction logs are excluded."""
+    server.stop()
+    size = sum(f.stat().st_size for f in (server.home / "data" / "databases").rglob("*") if f.is_file())
+    server.start(timeout=180)
+    return size
+
+
+def start_server(heap: str):
+    from queries.server.local import LocalServer, free_port
+    home = Path(tempfile.mkdtemp(prefix="circuitshift-bench-"))
+    server = LocalServer(home, bolt_port=free_port(), http_port=free_port(), heap=heap)
+    status = server.start(timeout=180)
+    password = secrets.token_urlsafe(16)
+    set_initial_password(status.bolt_uri, password)
+    return server, Neo4jSettings(uri=status.bolt_uri, password=password)
+
+
+def measure_side(driver, db, arch, cps, run: str) -> dict:
+    """Ingest `cps` as run `run` and time every query on it, with this process's queries/."""
+    times = ingest(driver, db, arch, cps, run)
+    queries, python = bench_queries(Store(driver, db), run, len(cps))
+    return {"ingest_s": times, "edges": sum(len(cp.names) for cp in cps), "queries": queries,
+            "python": python}
+
+
+def run_before(rev: str, settings: Neo4jSettings, args) -> dict:
+    """REV's queries/ and analysis/ measure the same run (as run 'before') in a subprocess."""
+    work = Path(tempfile.mkdtemp(prefix="circuitshift-before-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "queries", "analysis"],
+                             capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--before {rev}: git archive failed: {archive.stderr.decode()[-500:]}")
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
+    env = {**os.environ, "NEO4J_URI": settings.uri, "NEO4J_PASSWORD": settings.resolved_password()}
+    cmd = [sys.executable, __file__, "--external", "--tree", str(work), "--side-json", str(work / "side.json"),
+           "--run-id", "before", "--checkpoints", str(args.checkpoints), "--layers", str(args.layers),
+           "--heads", str(args.heads)] + (["--sequential"] if args.sequential else [])
+    subprocess.run(cmd, env=env, check=True, cwd=str(ROOT))
+    return json.loads((work / "side.json").read_text())
+
+
+def print_tables(arch, args, ours: dict, base: dict | None, before: dict | None) -> None:
+    e = ours["edges"] // args.checkpoints
+    rev = f"before ({args.before})"
+    print(f"\n### Store at {arch.key} scale: {e:,} edges per checkpoint, {args.checkpoints} checkpoints")
+    print(f"({os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f} at the end)\n")
+    o = statistics.median(ours["ingest_s"][1:] or ours["ingest_s"])
+    print("| ingest design | s per checkpoint (median, first excluded) | edges/s |\n|---|---|---|")
+    if before:
+        b = statistics.median(before["ingest_s"][1:] or before["ingest_s"])
+        print(f"| circuitshift {rev} | {b:.2f} | {e / b:,.0f} |")
+    print(f"| circuitshift (arrays + circuit relationships + head-level sets) | {o:.2f} | {e / o:,.0f} |")
+    if base:
+        p = statistics.median(base["plain_s"])
+        print(f"| plain: node per edge + SCORED relationship, 20k UNWIND | {p:.2f} | {e / p:,.0f} |")
+        m = base["merge_loop_s_extrapolated"]
+        print(f"| per-edge merge loop (2,000-edge sample, extrapolated) | {m:.0f} | {e / m:,.0f} |")
+    print(f"\nAll {args.checkpoints} checkpoints: " + ", ".join(f"{x:.2f}" for x in ours["ingest_s"]) + " s")
+    head = "| query (warm, median of 3) |" + (f" {rev} (s) |" if before else "") + " Cypher (s) | pull + Python (s) |"
+    print("\n" + head + "\n" + "|---" * (head.count("|") - 1) + "|")
+    for k, v in ours["queries"].items():
+        b = f" {before['queries'].get(k, float('nan')):.3f} |" if before else ""
+        py = f"{ours['python'][k]:.3f}" if k in ours["python"] else ""
+        print(f"| {k} |{b} {v:.3f} | {py} |")
+    for side, fig in (("before", before), ("after", ours)):
+        if fig and fig.get("bytes_per_edge") is not None:
+            print(f"\nDisk ({side}): {fig['bytes_per_edge']:.1f} bytes per stored scored edge")
 
 
 def main():
@@ -190,53 +269,42 @@ def main():
     ap.add_argument("--sequential", action="store_true", help="sequential attn/MLP (GPT-2/OPT style)")
     ap.add_argument("--external", action="store_true", help="use NEO4J_URI instead of a fresh server")
     ap.add_argument("--heap", default="2g")
+    ap.add_argument("--before", default=None, metavar="REV", help="also measure REV's queries/, side by side")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the plain design and the merge loop")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--run-id", default="bench", help=argparse.SUPPRESS)
+    ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)  # read before the imports above
+    ap.add_argument("--side-json", default=None, help=argparse.SUPPRESS)  # one side only, as JSON
     args = ap.parse_args()
 
     arch = Architecture(args.layers, args.heads, not args.sequential)
     if args.layers * args.heads < 200:
         KS[:] = [10, 50, 100]  # small shapes have small circuits
-    server = None
-    if args.external:
-        settings = Neo4jSettings()
-    else:
-        from queries.server.local import LocalServer, free_port
-        home = Path(tempfile.mkdtemp(prefix="circuitshift-bench-"))
-        server = LocalServer(home, bolt_port=free_port(), http_port=free_port(), heap=args.heap)
-        status = server.start(timeout=180)
-        password = secrets.token_urlsafe(16)
-        set_initial_password(status.bolt_uri, password)
-        settings = Neo4jSettings(uri=status.bolt_uri, password=password)
-    driver = open_driver(settings)
-    db = settings.database
+    server, settings = (None, Neo4jSettings()) if args.external else start_server(args.heap)
+    names, cps = synthetic_run(arch, args.checkpoints)
+    if args.side_json:  # --before's subprocess: one side, on the server it is given
+        with open_driver(settings) as driver:
+            side = measure_side(driver, settings.database, arch, cps, args.run_id)
+        Path(args.side_json).write_text(json.dumps(side))
+        return
     try:
-        t = time.perf_counter()
-        names, cps = synthetic_run(arch, args.checkpoints)
-        gen_s = time.perf_counter() - t
-        ing = bench_ingest(driver, db, arch, names, cps)
-        ours, py = bench_queries(Store(driver, db), args.checkpoints)
-        e = ing["edges_per_checkpoint"]
-        print(f"\n### Store at {arch.key} scale: {e:,} edges per checkpoint, {args.checkpoints} checkpoints")
-        print(f"(synthetic scores generated in {gen_s:.1f} s; {os.cpu_count()} CPU cores)\n")
-        print("| ingest design | s per checkpoint | edges/s |")
-        print("|---|---|---|")
-        o = statistics.median(ing["ours_s"])
-        p = statistics.median(ing["plain_s"])
-        print(f"| circuitshift (rank-ordered arrays + circuit relationships) | {o:.2f} | {e / o:,.0f} |")
-        print(f"| plain: node per edge + SCORED relationship, 20k UNWIND | {p:.2f} | {e / p:,.0f} |")
-        print(f"| per-edge merge loop, one statement per edge (2,000-edge sample, extrapolated) | {ing['merge_loop_s_extrapolated']:.0f} "
-              f"| {e / ing['merge_loop_s_extrapolated']:,.0f} |")
-        print(f"\nAll {args.checkpoints} checkpoints: " + ", ".join(f"{x:.2f}" for x in ing["ours_s"]) + " s")
-        print("\n| query (warm, median of 3) | Cypher in Neo4j (s) | pull edges + Python (s) |")
-        print("|---|---|---|")
-        for k, v in ours.items():
-            print(f"| {k} | {v:.3f} | {py[k]:.3f} |" if k in py else f"| {k} | {v:.3f} | |")
-        if server is not None:
-            print(f"\nDisk: {disk_usage(server.home / 'data') / 2**20:.0f} MiB for the database folder")
+        sizes = [store_bytes(server)] if server else []
+        before = run_before(args.before, settings, args) if args.before else None
+        if before and server:
+            sizes.append(store_bytes(server))
+            before["bytes_per_edge"] = (sizes[-1] - sizes[-2]) / before["edges"]
+        with open_driver(settings) as driver:
+            ours = measure_side(driver, settings.database, arch, cps, args.run_id)
+        if server:
+            sizes.append(store_bytes(server))
+            ours["bytes_per_edge"] = (sizes[-1] - sizes[-2]) / ours["edges"]
+        with open_driver(settings) as driver:
+            base = None if args.no_baselines else bench_baselines(driver, settings.database, names, cps)
+        print_tables(arch, args, ours, base, before)
         if args.json:
-            Path(args.json).write_text(json.dumps({"ingest": ing, "queries": ours, "python": py}, indent=2))
+            Path(args.json).write_text(json.dumps({"after": ours, "before": before, "baselines": base,
+                                                   "load": os.getloadavg()}, indent=2))
     finally:
-        driver.close()
         if server is not None:
             server.stop()
 

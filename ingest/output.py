@@ -1,4 +1,8 @@
-"""Printing query results as a table, one JSON document, or CSV."""
+"""Printing query results as a table, one JSON document, or CSV.
+
+A table goes to a terminal as a `rich` table (fitted to the terminal's width, numeric columns
+right-aligned) and anywhere else (a pipe, a file, a test) as plain aligned text, the format scripts read.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ import json
 import sys
 
 import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 FORMATS = ("table", "json", "csv")
 
@@ -46,6 +53,27 @@ def _numeric(v: str) -> bool:
         return False
 
 
+def rich_table(rows: list[dict], title: str | None = None) -> Table:
+    """`rows` as a rich Table; cells are Text, so brackets in values are never read as markup."""
+    table = Table(title=Text(title) if title else None, title_justify="left")
+    cols = list(rows[0].keys()) if rows else ["(no rows)"]
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    for i, c in enumerate(cols):
+        numeric = bool(cells) and all(_numeric(row[i]) for row in cells if row[i])
+        table.add_column(Text(c), justify="right" if numeric else "left")
+    for row in cells:
+        table.add_row(*(Text(v) for v in row))
+    return table
+
+
+def print_table(rows: list[dict], title: str | None = None) -> None:
+    """A rich table on a terminal; plain text (:func:`rows_table`) when stdout is not one."""
+    if sys.stdout.isatty():
+        Console().print(rich_table(rows, title))
+    else:
+        click.echo(rows_table(rows, title))
+
+
 def emit(result: dict, fmt: str, table_key: str | None = None, title: str | None = None) -> None:
     """Print `result`: JSON prints it whole; table/csv print `result[table_key]` (a list of rows), or
     the scalar figures of `result` as one row when there is no table."""
@@ -70,4 +98,4 @@ def emit(result: dict, fmt: str, table_key: str | None = None, title: str | None
               if k != table_key and not isinstance(v, (list, dict)) and table_key is not None}
     if header:
         click.echo("  ".join(f"{k}={_cell(v)}" for k, v in header.items()))
-    click.echo(rows_table(rows, title))
+    print_table(rows, title)

@@ -226,22 +226,29 @@ class Store(StoredRecords):
             raise UserError(f"run {run!r} has {len(info['steps'])} complete checkpoint(s); churn needs 2+")
         for step, level in zip(info["steps"], info["levels"]):
             self._check_level(level, definition, f"{run}:{step}")
+        steps = info["steps"]
+        if definition.mode == "in_graph" and definition.level == "head" and all(info["precomputed"]):
+            counts = self.read(Q.CHURN_OWN_HEAD, run=run)
+        else:
+            counts = self._churn_ranked(run, definition, info)
+        transitions = [{"from_step": steps[c["transition"]], "to_step": steps[c["transition"] + 1],
+                        "nodes_added": c["nodes_added"], "nodes_removed": c["nodes_removed"],
+                        "nodes_changed": c["nodes_added"] + c["nodes_removed"],
+                        "edges_added": c["edges_added"], "edges_removed": c["edges_removed"],
+                        "edges_changed": c["edges_added"] + c["edges_removed"],
+                        "nodes_before": c["nodes_before"], "edges_before": c["edges_before"]}
+                       for c in counts]
+        return self._header(definition, run=run, transitions=transitions)
+
+    def _churn_ranked(self, run: str, definition: CircuitDefinition, info: dict) -> list[dict]:
+        """Churn counts per transition from the rank-ordered arrays (any definition, any checkpoint)."""
         arch = _arch(info)
         params = dict(run=run, **self.selection(definition, info["uids"], arch), **self.arch_params(arch))
         edges = self.read(Q.CHURN_EDGES, **params)
         nodes = self.read(Q.CHURN_NODES, **params)
-        steps = info["steps"]
-        transitions = []
-        for e, n in zip(edges, nodes):
-            t = e["transition"]
-            transitions.append({
-                "from_step": steps[t], "to_step": steps[t + 1],
-                "nodes_added": n["added"], "nodes_removed": n["removed"],
-                "nodes_changed": n["added"] + n["removed"],
-                "edges_added": e["added"], "edges_removed": e["removed"],
-                "edges_changed": e["added"] + e["removed"],
-                "nodes_before": n["size_before"], "edges_before": e["size_before"]})
-        return self._header(definition, run=run, transitions=transitions)
+        return [{"transition": e["transition"], "edges_added": e["added"], "edges_removed": e["removed"],
+                 "edges_before": e["size_before"], "nodes_added": n["added"], "nodes_removed": n["removed"],
+                 "nodes_before": n["size_before"]} for e, n in zip(edges, nodes)]
 
     def change_rate(self, run: str, definition: CircuitDefinition) -> dict:
         """Delta_S = (1/n) sum_t changes_t / S_0 x 100% for nodes and edges (method.md 6.3)."""

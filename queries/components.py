@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from analysis.layout import CHANNEL_NAMES, CHANNELS, Layout
 
 __all__ = ["Architecture", "CHANNELS", "CHANNEL_NAMES"]
@@ -25,3 +27,13 @@ class Architecture(Layout):
         """Rows `{name, kind, layer, head, ci}` in forward order."""
         return [{"name": n.name, "kind": n.kind, "layer": max(n.layer, 0), "head": n.head, "ci": ci}
                 for ci, n in enumerate(self.nodes)]
+
+    @cached_property
+    def is_head(self) -> np.ndarray:
+        """`is_head[ci]`: whether component ci is an attention head (edges into it carry q/k/v
+        channels), from the layout's nodes; index it with an edge key's destination ci to vectorise."""
+        return np.array([n.kind == "attn" for n in self.nodes], dtype=bool)
+
+    def destinations_of(self, keys: np.ndarray) -> np.ndarray:
+        """The destination ci of each edge key (the key rule of analysis.layout.Layout.edge_name)."""
+        return (np.asarray(keys) // 4) % self.n_components

@@ -36,6 +36,8 @@ SCHEMA_STATEMENTS: dict[str, str] = {
     # CircuitLoRA plans and method comparisons (queries/cypher/experiments.py)
     "plan_id": "CREATE CONSTRAINT plan_id IF NOT EXISTS FOR (p:Plan) REQUIRE p.id IS UNIQUE",
     "experiment_id": "CREATE CONSTRAINT experiment_id IF NOT EXISTS FOR (x:Experiment) REQUIRE x.id IS UNIQUE",
+    # the Key Observations' findings documents (queries/cypher/findings.py), merged by id
+    "findings_id": "CREATE CONSTRAINT findings_id IF NOT EXISTS FOR (f:Findings) REQUIRE f.id IS UNIQUE",
     # Browser difference views (queries/cypher/views.py) are found and deleted by their view name
     "view_node_view": "CREATE INDEX view_node_view IF NOT EXISTS FOR (n:ViewNode) ON (n.view)",
 }

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis.circuit import select_circuit
+from analysis.circuit import Circuit, prune_circuit, select_circuit
 from analysis.datasets import PromptPair
 from analysis.eap import score
+from analysis.eap_json import from_eap_json, to_eap_json
 from analysis.eap_pt import from_eap_pt, to_eap_pt
 from analysis.errors import UserError
 from analysis.graph import GraphSpec, build_graph
@@ -80,3 +81,18 @@ def test_bad_files_and_circuits_are_refused(circuit, tmp_path):
     head_level = select_circuit({n.split("<")[0]: 1.0 for n in c.all_scores}, c.spec, "top_n", 3)
     with pytest.raises(UserError, match="q/k/v-level"):
         to_eap_pt(head_level, tmp_path / "h.pt")
+
+
+def test_gqa_node_set_survives_json_and_pt(tmp_path):
+    """Under grouped-query attention the shared k edge is named after a0.h0, the group's first head, yet
+    only a0.h1 reads it into the circuit: a0.h0 is no circuit node, and both file formats keep it out."""
+    spec = GraphSpec(1, 2, False, 1)
+    chosen = {"input->a0.h0<k>": 3.0, "input->a0.h1<q>": 2.0, "a0.h1->logits": 1.0}
+    all_scores = {e.name: chosen.get(e.name, 0.0) for e in build_graph(spec).edges}
+    c = prune_circuit(Circuit(spec, "qkv", chosen, frozenset({"input", "a0.h0", "a0.h1", "logits"}), all_scores))
+    assert dict(c.edges) == chosen and c.nodes == {"input", "a0.h1", "logits"}
+    to_eap_json(c, tmp_path / "c.json")
+    back = from_eap_json(tmp_path / "c.json", spec)
+    assert back.nodes == c.nodes and dict(back.edges) == chosen
+    to_eap_pt(c, tmp_path / "c.pt")
+    assert from_eap_pt(tmp_path / "c.pt", spec).nodes == c.nodes

@@ -1,5 +1,5 @@
-"""`circuitshift export`: stored circuits out as EAP-IG JSON (round trip through the importer), GraphML
-and GEXF (read back with networkx), against a real Neo4j server."""
+"""`circuitshift export`: stored circuits out as EAP-IG JSON and hannamw .pt files (round trips through
+the importer), GraphML and GEXF (read back with networkx), against a real Neo4j server."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 
 import networkx as nx
 import pytest
+import torch
 
 from conftest import SHARED
 from ingest.cli import main
@@ -26,10 +27,10 @@ def cli(capsys, *args):
     return exc.value.code, captured.out, captured.err
 
 
-def _qkv_checkpoint():
-    names = list(ARCH.key_of)
+def _qkv_checkpoint(arch=ARCH):
+    names = list(arch.key_of)
     qkv = [n for n in names if n.endswith(">") or not n.split("->")[1].startswith("a")]
-    assert len(qkv) == 21
+    assert len(qkv) == arch.n_edges("qkv")
     scores = [(-1) ** i * (i + 1) / 10 for i in range(len(qkv))]
     in_graph = [i % 3 != 1 for i in range(len(qkv))]
     return CheckpointData(step=0, names=qkv, scores=scores, in_graph=in_graph, level="qkv")
@@ -165,3 +166,82 @@ def test_results_to_frame(small):
     layers = small.per_layer("small:0", "small:0", CircuitDefinition())
     lf = to_frame(layers)
     assert len(lf) == ARCH.n_layers + 1 and lf.attrs["a"] == "small:0"
+
+
+# ------------------------------------------------------------------------------------------ eap-pt
+def _f32(x: float) -> float:
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("arch", [ARCH, Architecture(2, 2, False, 1)], ids=["neox", "gqa"])
+def test_eap_pt_round_trip_is_float32_exact(db, cli_env, capsys, tmp_path, arch):
+    driver, database = db
+    model = tmp_path / "model"  # a model folder the run names: d_model comes from its config
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 48, "num_attention_heads": 4}))
+    w = CircuitWriter(driver, database)
+    w.ensure_run(RunRecord(id="src", model=str(model), task="toy"), arch)
+    w.write_checkpoint("src", arch, _qkv_checkpoint(arch))
+    path = tmp_path / "src.pt"
+    code, out, err = cli(capsys, "export", "src:0", "--format", "eap-pt", "--out", str(path))
+    assert code == 0, err
+    assert f"{arch.n_edges('qkv')} qkv-level edges" in out
+    doc = torch.load(path, weights_only=True)
+    assert doc["cfg"]["d_model"] == 48 and doc["edges_scores"].dtype == torch.float32
+    code, out, err = cli(capsys, "import", "eap-json", str(path), "--run", "back", "--step", "2")
+    assert code == 0, err
+    store = Store(driver, database)
+    a, b = store.checkpoint_edges("src:0"), store.checkpoint_edges("back:2")
+    assert dict(zip(b.names, b.scores)) == {n: _f32(s) for n, s in zip(a.names, a.scores)}
+    assert dict(zip(b.names, b.in_circuit)) == dict(zip(a.names, a.in_circuit))  # the same circuit
+    assert (b.names, b.in_circuit) == (a.names, a.in_circuit)  # and the same ranks
+    assert store.run_info("back")["n_kv_heads"] == arch.n_kv_heads
+    # `import eap-pt` is the same command; a model the store cannot find: no d_model, or --d-model
+    again = tmp_path / "again.pt"
+    code, _, err = cli(capsys, "export", "back:2", "--format", "eap-pt", "--out", str(again), "--all-edges")
+    assert code == 0, err
+    assert "d_model" not in torch.load(again, weights_only=True)["cfg"]
+    assert torch.equal(torch.load(again, weights_only=True)["edges_scores"], doc["edges_scores"])
+    code, _, err = cli(capsys, "export", "back:2", "--format", "eap-pt", "--out", str(again), "--d-model", "7")
+    assert code == 0 and torch.load(again, weights_only=True)["cfg"]["d_model"] == 7, err
+    code, _, err = cli(capsys, "import", "eap-pt", str(again), "--run", "third", "--step", "0")
+    assert code == 0, err
+    c = store.checkpoint_edges("third:0")
+    assert (c.names, c.scores, c.in_circuit) == (b.names, b.scores, b.in_circuit)
+
+
+def test_eap_pt_export_refuses_what_it_cannot_hold(small, db, cli_env, capsys, tmp_path):
+    driver, database = db
+    w = CircuitWriter(driver, database)
+    w.ensure_run(RunRecord(id="u", model="tiny", task="toy"), ARCH)
+    for step, edges in ((0, {"input->a0.h0": 5.0}), (1, {"m1->logits": 3.0})):
+        w.write_checkpoint("u", ARCH, CheckpointData(step=step, names=list(edges), scores=list(edges.values()),
+                                                     in_graph=[True], level="head"))
+    store_union(driver, database, "u:0", "u:1", "merged:0", CircuitDefinition())
+    part = _qkv_checkpoint()
+    w.ensure_run(RunRecord(id="part", model="tiny", task="toy"), ARCH)
+    w.write_checkpoint("part", ARCH, CheckpointData(step=0, names=part.names[:5], scores=part.scores[:5],
+                                                    in_graph=[True] * 5, level="qkv"))
+    out = tmp_path / "x.pt"
+    for args, needle in ((["merged:0"], "stored at head level"), (["small:0", "--level", "head"], "drop --level head"),
+                         (["part:0"], "5 of the graph's 21")):
+        code, _, err = cli(capsys, "export", *args, "--format", "eap-pt", "--out", str(out))
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+
+
+def test_bad_pt_import_is_one_line_and_writes_nothing(db, cli_env, capsys, tmp_path):
+    driver, database = db
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"cfg": {"n_layers": 2, "n_heads": 1, "parallel_attn_mlp": True}, "nodes": {},
+                                "edges": {"input->m0": {"score": 1.0, "in_graph": True}}}))
+    text = tmp_path / "text.pt"
+    text.write_text("not a torch file")
+    keys = tmp_path / "keys.pt"
+    torch.save({"cfg": {"n_layers": 2}}, keys)
+    for bad, needle in ((text, "not a readable torch graph file"), (keys, "missing src_nodes"),
+                        (tmp_path / "none.pt", "no such circuit file")):
+        code, _, err = cli(capsys, "import", "eap-json", str(good), str(bad), "--run", "x", "--step", "0")
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and needle in err and str(bad) in err, err
+        assert Store(driver, database).run_info("x") is None

@@ -39,19 +39,18 @@ def _read_scores(path: Path):
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a JSON object")
     if isinstance(doc.get("cfg"), dict) and isinstance(doc.get("edges"), dict):
-        cfg = doc["cfg"]
-        try:
-            spec = GraphSpec(int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg["parallel_attn_mlp"]))
-            scores = {n: float(e["score"]) for n, e in doc["edges"].items()}
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path}: malformed EAP-IG graph JSON (cfg or edge scores)") from None
-        return scores, spec, {"source": str(path), "format": "eap-ig-json"}
+        from analysis.eap_json import read_graph  # the one EAP-IG graph reader
+
+        g = read_graph(path, what="scores file")
+        return dict(zip(g.names, g.scores)), g.spec, {"source": str(path), "format": "eap-ig-json"}
     if isinstance(doc.get("scores"), dict):
         g = doc.get("graph")
         if not isinstance(g, dict):
             raise UserError(f"{path}: the scores file has no 'graph' shape (n_layers, n_heads, parallel_attn_mlp)")
         try:
-            spec = GraphSpec(int(g["n_layers"]), int(g["n_heads"]), bool(g["parallel_attn_mlp"]))
+            kv = g.get("n_kv_heads")  # grouped-query attention (SmolLM2, Llama 3): k/v edges per kv-head
+            spec = GraphSpec(int(g["n_layers"]), int(g["n_heads"]), bool(g["parallel_attn_mlp"]),
+                             None if kv is None else int(kv))
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{path}: malformed 'graph' shape") from None
         return doc["scores"], spec, {"source": str(path), **(doc.get("provenance") or {})}

@@ -46,13 +46,17 @@ def ingest():
 @click.option("--top-n", type=int, default=None,
               help="Circuit = the top N edges before pruning, instead of --top-frac (for small graphs).")
 @click.option("--max-examples", type=int, default=None, help="Score on at most N circuit-split pairs.")
+@click.option("--chunk", type=int, default=None,
+              help="Score each batch in micro-batches of at most N examples (same scores, less memory; "
+                   "default: what fits the GPU's free memory, the whole batch on the CPU).")
+@click.option("--mib", is_flag=True, help="Also store MIB's CPR and CMD at every checkpoint (analysis.mib).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--save-merged", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write the final fine-tuned model (adapters merged) to this folder, for `robustness`.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(model, task, data_dir, n, count, method, rank, lr, epochs, max_steps, batch_size, grad_accum,
         warmup_steps, checkpoints, seed, separator, run_id, ig_steps, score_batch_size, top_frac, top_n,
-        max_examples, device, save_merged, quiet):
+        max_examples, chunk, mib, device, save_merged, quiet):
     """Fine-tune MODEL on a task; at step 0 and every checkpoint, score, evaluate and store its circuit."""
     from analysis.checkpoint import ScoringConfig  # torch
     from ingest.jobs.summary import ingest_and_summarise
@@ -63,10 +67,13 @@ def run(model, task, data_dir, n, count, method, rank, lr, epochs, max_steps, ba
                         batch_size=batch_size, grad_accum=grad_accum, warmup_steps=warmup_steps,
                         checkpoints=checkpoints, seed=seed, separator=separator)
     scoring = ScoringConfig(steps=ig_steps, batch_size=score_batch_size, top_frac=top_frac, top_n=top_n,
-                            max_examples=max_examples)
+                            max_examples=max_examples, chunk=chunk, mib=mib)
     result = ingest_and_summarise(model, task, data_dir, n, count, train, scoring, run_id, device, quiet)
     if save_merged is not None:
+        from analysis.distributed import is_main_process
         from ingest.jobs.finetune import export_model
+        if not is_main_process():  # under a launcher every rank gets here: one writes the folder
+            return
         info = export_model(result["state_dir"], result["run"], save_merged)
         click.echo(f"fine-tuned model (step {info['step']}, {info['method']}, merged) written to {save_merged}")
 

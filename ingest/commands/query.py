@@ -136,9 +136,11 @@ def runs(store, fmt):
 @format_option
 @with_store
 def metrics(store, run, fmt):
-    """Accuracy, circuit accuracy and faithfulness (percent) and circuit size at each checkpoint of RUN."""
+    """Accuracy, circuit accuracy and faithfulness (percent), circuit size and MIB CPR/CMD at each
+    checkpoint of RUN."""
     emit({"checkpoints": store.checkpoint_metrics(run),
-          "units": "accuracy, circuit_accuracy and faithfulness in percent (0-100)"}, fmt, "checkpoints")
+          "units": "accuracy, circuit_accuracy and faithfulness in percent (0-100); cpr and cmd in MIB "
+                   "units (empty: not measured)"}, fmt, "checkpoints")
 
 
 @click.command()

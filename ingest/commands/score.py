@@ -31,11 +31,17 @@ METHOD_NAMES = "eap, eap-ig-inputs, eap-ig-activations, clean-corrupted"
 @click.option("--backend", default="native", show_default=True,
               help="native (hooks on the HF model) or transformer-lens (TransformerBridge hooks; also scores "
                    "qwen2 and gemma).")
+@click.option("--chunk", type=int, default=None,
+              help="Score each batch in micro-batches of at most N examples (same scores, less memory); default: "
+                   "the largest that fits the GPU's free memory by the printed estimate (the whole batch on the CPU).")
+@click.option("--mib", is_flag=True,
+              help="Also MIB's CPR and CMD of the scores (analysis.mib, under --metric): printed and in FILE.json.")
 @click.option("--quiet", is_flag=True, help="No memory estimate or progress bar.")
 def score(model_path, data_path, method, steps, ig_rule, metric, batch_size, split, device, dtype, out_path, quiet,
-          compat, backend):
+          compat, backend, chunk, mib):
     """Score every edge of MODEL's graph on DATA's prompt pairs and write FILE.json."""
     from ingest.jobs.score import ScoreRequest, score_to_file
     score_to_file(ScoreRequest(model_path=model_path, data_path=data_path, out_path=out_path, method=method,
                                steps=steps, ig_rule=ig_rule, metric=metric, batch_size=batch_size, split=split,
-                               device=device, dtype=dtype, quiet=quiet, compat=compat, backend=backend))
+                               device=device, dtype=dtype, quiet=quiet, compat=compat, backend=backend,
+                               chunk=chunk, mib=mib))

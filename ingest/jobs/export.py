@@ -8,6 +8,11 @@ Levels: a checkpoint exports at its stored level, or at head level (`level="head
 checkpoint. At head level an in-circuit head edge's score is the sum of its in-circuit q/k/v scores
 (the paper's collapse, as the query library computes it); an edge outside the circuit sums all its
 channels.
+
+eap-pt is hannamw's `Graph.to_pt` file (MIB's submission format; `analysis.eap_pt`): every q/k/v-level
+edge's score as float32 (the store keeps float64) with the in-graph flags, so only a checkpoint stored
+at q/k/v level with every edge scored can be written; its cfg carries d_model when the run's model
+config is on this machine (or given), else none.
 """
 
 from __future__ import annotations
@@ -17,15 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
+from transformers import AutoConfig
 
+from analysis.circuit_type import Circuit
+from analysis.eap_pt import to_eap_pt
 from analysis.errors import UserError
+from analysis.gguf import cached_folder, gguf_config
+from analysis.graph import GraphSpec
+from analysis.models import resolve_model_source
 from queries.api import CheckpointEdges, Store
 from queries.components import Architecture
 
-FORMATS = ("graphml", "gexf", "eap-json")
+FORMATS = ("graphml", "gexf", "eap-json", "eap-pt")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportEdges:
     arch: Architecture
     circuit: str  # RUN:STEP
@@ -117,17 +128,65 @@ def to_eap_json(e: ExportEdges) -> dict:
             "circuitshift": {"exported_from": e.circuit, "level": e.level, "full": e.full}}
 
 
+def to_circuit(e: ExportEdges) -> Circuit:
+    """The exported edges as an analysis circuit (every exported score kept; nodes as the store's)."""
+    a = e.arch
+    order = sorted(range(len(e.names)), key=lambda i: a.key_of[e.names[i]])  # graph order
+    return Circuit(GraphSpec(a.n_layers, a.n_heads, a.parallel_attn_mlp, a.n_kv_heads), e.level,
+                   {e.names[i]: e.scores[i] for i in order if e.in_circuit[i]}, frozenset(_nodes_in_circuit(e)),
+                   {e.names[i]: e.scores[i] for i in order}, {"exported_from": e.circuit})
+
+
+def pt_edges(edges: CheckpointEdges, level: str | None) -> ExportEdges:
+    """A checkpoint's edges for an eap-pt file: every q/k/v-level edge scored, or one clear error."""
+    name = edges.ref.name
+    if level == "head":
+        raise UserError("an eap-pt file holds q/k/v-level edges; drop --level head")
+    if edges.level != "qkv":
+        raise UserError(f"{name} is stored at head level (a union or a collapsed import); an eap-pt file "
+                        "needs every q/k/v-level edge's score: export it as eap-json, graphml or gexf")
+    e = export_edges(edges, "qkv", all_edges=True)
+    want = e.arch.n_edges("qkv")
+    if len(e.names) != want:
+        raise UserError(f"{name} has {len(e.names)} of the graph's {want} q/k/v-level edge scores; an eap-pt "
+                        "file needs every one: export it as eap-json")
+    return e
+
+
+def run_d_model(store: Store, run: str) -> int | None:
+    """The hidden size of the run's model when its config is on this machine (a model folder, a GGUF,
+    a hub model in the local cache); None otherwise (e.g. an imported run names no model)."""
+    model = (store.run_source(run) or {}).get("model") or ""
+    if not model:
+        return None
+    try:
+        source = resolve_model_source(model, install=False)
+        cached = cached_folder(source.gguf_path) if source.gguf_file else None
+        if source.gguf_file and cached is None:
+            config = gguf_config(source.gguf_path)
+        else:
+            config = AutoConfig.from_pretrained(str(cached or source.path), local_files_only=True)
+    except Exception:  # noqa: BLE001 - missing or unreadable here (d_model is optional): the file goes without it
+        return None
+    width = getattr(config, "hidden_size", None)
+    return width if isinstance(width, int) else None
+
+
 def export_circuit(store: Store, ref: str, fmt: str, out: Path | str, level: str | None = None,
-                   all_edges: bool = False) -> dict:
-    """Write circuit `ref` to `out` in `fmt`; returns a one-line summary's fields."""
+                   all_edges: bool = False, d_model: int | None = None) -> dict:
+    """Write circuit `ref` to `out` in `fmt`; returns a one-line summary's fields. ``d_model`` (eap-pt
+    only; default: the run's model's, when known) goes into the file's cfg."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    e = export_edges(store.checkpoint_edges(ref), level, all_edges)
+    edges = store.checkpoint_edges(ref)
+    e = pt_edges(edges, level) if fmt == "eap-pt" else export_edges(edges, level, all_edges)
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "eap-json":
+    if fmt == "eap-pt":
+        to_eap_pt(to_circuit(e), out, d_model if d_model is not None else run_d_model(store, edges.ref.run))
+    elif fmt == "eap-json":
         out.write_text(json.dumps(to_eap_json(e)))
     else:
         g = to_networkx(e)

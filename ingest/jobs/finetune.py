@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, Trainin
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from analysis.checkpoint import ScoringConfig, score_checkpoint
+from analysis.distributed import barrier, from_rank0, is_main_process, join_launched_group
 from analysis.datasets import dataset_provenance, load_split
 from analysis.errors import UserError
 from analysis.graph import GraphSpec
@@ -56,7 +57,9 @@ class CircuitCheckpointCallback(TrainerCallback):
 
     Checkpoints already complete in the store are skipped (so reruns are idempotent). At each
     circuit checkpoint it also asks the Trainer to save its state, so a rerun can resume there.
-    Scoring runs on the main process only.
+    In a distributed run (torchrun, accelerate launch) every rank scores and evaluates its shard of
+    `pairs` (analysis.distributed); rank 0 alone reads the store (which steps are complete, broadcast
+    to the others) and writes it, and `driver` may be None on the other ranks.
     """
 
     def __init__(self, driver, database: str | None, run: RunRecord, tokenizer, pairs: Sequence,
@@ -65,9 +68,11 @@ class CircuitCheckpointCallback(TrainerCallback):
         # The store may blink during hours of training: checkpoints are spooled to disk while it is
         # unavailable and replayed when it is back (queries/spool.py); writes run off the training
         # path in a bounded background queue (queries/background.py).
-        spooling = SpoolingWriter(CircuitWriter(driver, database), Path(spool_dir) if spool_dir else None,
-                                  echo=lambda msg: print(msg, file=sys.stderr))
-        self.writer = BackgroundWriter(spooling) if background else spooling
+        self.writer = None  # ranks other than 0 never touch the store
+        if is_main_process():
+            spooling = SpoolingWriter(CircuitWriter(driver, database), Path(spool_dir) if spool_dir else None,
+                                      echo=lambda msg: print(msg, file=sys.stderr))
+            self.writer = BackgroundWriter(spooling) if background else spooling
         self.run = run
         self.tokenizer = tokenizer
         self.pairs = list(pairs)
@@ -83,21 +88,28 @@ class CircuitCheckpointCallback(TrainerCallback):
     def _ensure(self, model):
         if self._arch is None:
             self._arch = architecture_of(model)
-            self.writer.ensure_run(self.run, self._arch)
-            self._done = set(self.writer.complete_steps(self.run.id))
+
+            def stored_steps():
+                self.writer.ensure_run(self.run, self._arch)
+                return sorted(self.writer.complete_steps(self.run.id))
+
+            self._done = set(from_rank0(stored_steps))
 
     def _checkpoint(self, model, state, step: int) -> None:
         self._ensure(model)
         if step in self._done:
             return
         t0 = time.perf_counter()
+        # every rank: the scoring's all-reduces need them all
         res = score_checkpoint(model, self.tokenizer, self.pairs, self.scoring, progress=self.progress)
+        self._done.add(step)
+        if self.writer is None:
+            return
         loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
         meta = {**res.metrics, "epoch": float(state.epoch or 0.0), "train_loss": loss,
                 "scoring": res.settings, "checkpoint_seconds": round(time.perf_counter() - t0, 3)}
         self.writer.write_checkpoint(self.run.id, self._arch, CheckpointData(
             step=step, names=res.names, scores=res.scores, in_graph=res.in_graph, level="qkv", meta=meta))
-        self._done.add(step)
         self.written.append(step)
         if self.on_checkpoint is not None:
             self.on_checkpoint(step, meta)
@@ -108,22 +120,22 @@ class CircuitCheckpointCallback(TrainerCallback):
         if self._closed:
             return self._left
         self._closed = True
+        if self.writer is None:
+            return self._left
         left = self.writer.close() if hasattr(self.writer, "close") else self.writer.flush()
         self._left = list(left or [])
         return self._left
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.close()
+        self.close()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step == 0 and 0 in self.steps and state.is_world_process_zero:
+        if state.global_step == 0 and 0 in self.steps:
             self._checkpoint(model, state, 0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step in self.steps:
-            if state.is_world_process_zero:
-                self._checkpoint(model, state, state.global_step)
+            self._checkpoint(model, state, state.global_step)
             control.should_save = True
         return control
 
@@ -156,9 +168,20 @@ def load_for_training(name: str, device: str):
 
 
 def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool = True,
-               echo=print) -> dict:
-    """Fine-tune, scoring the circuit at every checkpoint into the store. Returns the summary."""
+               echo=print, extra_callbacks: Sequence = ()) -> dict:
+    """Fine-tune, scoring the circuit at every checkpoint into the store. Returns the summary.
+    `extra_callbacks`: more TrainerCallbacks, run after the circuit callback (e.g. weight snapshots).
+
+    Under a launcher (torchrun, accelerate launch) each process runs this with the same config: DDP
+    training as the Trainer does it, each checkpoint scored in shards; only rank 0 touches the store
+    (`driver` may be None on the others) and echoes."""
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shard = join_launched_group(device)
+    if shard.world > 1 and device == "cuda":  # one GPU per process (join_launched_group selected it)
+        device = f"cuda:{torch.cuda.current_device()}"
+    main = shard.rank == 0
+    if not main:
+        echo = _silent
     data = Path(cfg.data)
     if not data.is_dir():
         raise UserError(f"dataset folder {data} does not exist (make one with `circuitshift data make`)")
@@ -190,12 +213,14 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
         seed=train_cfg.seed, code_version=code_version(),
         extra={"scoring": cfg.scoring.record(), "checkpoint_steps": steps, "dataset": manifest,
                "model_source": model_info.as_dict(),
-               "packages": package_versions(), "device": device, "data_path": str(data)},
+               "packages": package_versions(), "device": device, "data_path": str(data),
+               **({"processes": shard.world} if shard.world > 1 else {})},
         config_hash=content_hash(resolved))
 
     out_dir = Path(cfg.state_dir) / "runs" / cfg.run_id / "trainer"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir.parent / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+    if main:
+        (out_dir.parent / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
 
     def report(step, meta):
         echo(f"checkpoint {step:>5}: accuracy {meta['accuracy']:.1f}%  faithfulness "
@@ -212,17 +237,22 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
         max_steps=total, lr_scheduler_type="linear", logging_steps=max(1, total // 50),
         save_strategy="no", save_total_limit=2, seed=train_cfg.seed, data_seed=train_cfg.seed,
         report_to=[], use_cpu=(device == "cpu"), disable_tqdm=not progress, dataloader_num_workers=0,
-        remove_unused_columns=False, fp16=False, bf16=False)
-    callbacks = [callback] + ([AdaLoraAllocator()] if train_cfg.method == "adalora" else [])
+        remove_unused_columns=False, fp16=False, bf16=False,
+        ddp_backend="gloo" if shard.world > 1 and device == "cpu" else None)  # DDP on CPU needs gloo
+    callbacks = [callback, *extra_callbacks] + ([AdaLoraAllocator()] if train_cfg.method == "adalora" else [])
     # CircuitLoRA: AdamW parameter groups with per-group learning rates (method.md 3.3); else the default
     trainer = Trainer(model=model, args=args, train_dataset=examples, callbacks=callbacks,
                       optimizers=(build_optimizer(model, train_cfg), None))
     _quiet_logs(trainer, progress)
     _save_config_with_checkpoints(trainer, resolved)
-    # a rerun of this run id with other settings is refused now, before any training or resuming
-    CircuitWriter(driver, database).ensure_run(run, architecture_of(model))
-    last = last_complete_checkpoint(out_dir)
-    done = set(CircuitWriter(driver, database).complete_steps(cfg.run_id))
+
+    def stored_state():
+        # a rerun of this run id with other settings is refused now, before any training or resuming
+        CircuitWriter(driver, database).ensure_run(run, architecture_of(model))
+        return last_complete_checkpoint(out_dir), sorted(CircuitWriter(driver, database).complete_steps(cfg.run_id))
+
+    last, done = from_rank0(stored_state)  # rank 0 reads the store and the saved state; all ranks act on it
+    done = set(done)
     if last is None and done and done != {0}:
         echo(f"run {cfg.run_id}: store has steps {sorted(done)} but no saved training state; "
              "retraining from step 0 (stored checkpoints are kept, not rescored)")
@@ -240,6 +270,10 @@ def run_ingest(cfg: IngestConfig, driver, database: str | None, progress: bool =
     return {"run": cfg.run_id, "steps": steps, "written": callback.written, "total_steps": total,
             "trainable_parameters": trainable, "total_parameters": n_params,
             "parameter_ratio": trainable / n_params, "device": device}
+
+
+def _silent(*args, **kwargs) -> None:
+    """The echo of ranks other than 0: rank 0 speaks for the run."""
 
 
 class AdaLoraAllocator(TrainerCallback):
@@ -323,8 +357,9 @@ def _save_config_with_checkpoints(trainer, resolved: dict) -> None:
     """nanoGPT's habit: the resolved config travels inside every saved checkpoint."""
     class _SaveConfig(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            barrier()  # every rank's part of the checkpoint (its RNG state) is saved before it is whole
             ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ck.is_dir():
+            if is_main_process() and ck.is_dir():
                 (ck / "circuitshift_config.json").write_text(json.dumps(resolved, indent=2, default=str))
 
     trainer.add_callback(_SaveConfig())

@@ -14,6 +14,7 @@ import click
 
 from analysis import figures as F
 from analysis.errors import UserError
+from ingest.jobs.report_page import STYLE, html_table
 from queries import exploration as X
 from queries.api import Store
 from queries.connection import session_driver
@@ -114,33 +115,17 @@ def build(data: dict, out: Path) -> dict:
     return drawn
 
 
-def _table(rows: list[dict]) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    cols = list(rows[0])
-
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return "" if v is None else html.escape(str(v))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _html(data: dict, drawn: dict) -> str:
     run = html.escape(data["run"])
     cr = data["change_rate"]
     noise = data["noise"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>circuitshift report: {run}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
-             "img{max-width:100%;border:1px solid #eee;margin:.5em 0}</style></head><body>",
+             STYLE + "</head><body>",
              f"<h1>Circuit report: {run}</h1>",
              f"<p>Circuits: {html.escape(data['definition'])}. Every number comes from the store "
              "(named Cypher queries); nothing was re-scored.</p>",
              "<h2>Accuracy and faithfulness</h2><img src='accuracy_faithfulness.png'>",
-             _table([{"step": m["step"], "accuracy %": m["accuracy"], "circuit accuracy %": m["circuit_accuracy"],
+             html_table([{"step": m["step"], "accuracy %": m["accuracy"], "circuit accuracy %": m["circuit_accuracy"],
                       "faithfulness %": m["faithfulness"], "circuit edges": m["n_in_graph"]}
                      for m in data["metrics"]]),
              "<h2>Churn per transition, against resampling noise</h2><img src='churn.png'>"]
@@ -152,9 +137,9 @@ def _html(data: dict, drawn: dict) -> str:
     else:
         parts.append("<p>No noise baseline stored: run <code>circuitshift robustness --noise-of "
                      f"{run}:STEP ...</code> to judge churn against resampling noise.</p>")
-    parts.append(_table(noise["transitions"]))
+    parts.append(html_table(noise["transitions"]))
     parts.append("<h2>Change rate</h2><img src='change_rates.png'>")
-    parts.append(_table([{"": "fine-tuning", "node Δ_S %": cr["node_change_rate"],
+    parts.append(html_table([{"": "fine-tuning", "node Δ_S %": cr["node_change_rate"],
                           "edge Δ_S %": cr["edge_change_rate"]}]
                         + ([{"": "noise", "node Δ_S %": data["noise_rate"]["node_change_rate"],
                              "edge Δ_S %": data["noise_rate"]["edge_change_rate"]}]

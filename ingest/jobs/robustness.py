@@ -44,6 +44,18 @@ class RobustnessConfig:
     seed: int = 0
 
 
+
+def store_circuits(writer, run_id: str, label: str, circuits, tags: dict, arch, *, task: str,
+                   dataset_hash: str, seed: int | None = None) -> None:
+    """Store scored circuits (analysis.robustness.ScoredCircuit) as the checkpoints of one run, tagged
+    with what they are (`analysis`, `of_run`, ...) so the store's queries and the report find them."""
+    all_tags = {"model_label": label, **tags}
+    writer.ensure_run(RunRecord(id=run_id, task=task, dataset_hash=dataset_hash, method="robustness",
+                                data_split=tags["analysis"], seed=seed, extra=all_tags), arch)
+    for c in circuits:
+        writer.write_checkpoint(run_id, arch, CheckpointData(c.step, c.names, c.scores, c.in_graph, meta=c.meta))
+    writer.tag_run(run_id, all_tags)
+
 def run_robustness(rc: RobustnessConfig) -> list[dict]:
     """Score and store the runs; returns the edge-Jaccard summary rows {model, what, edge_jaccard}."""
     data, of_run, noise_of, samples, seed, cfg = rc.data, rc.of_run, rc.noise_of, rc.samples, rc.seed, rc.scoring
@@ -69,14 +81,8 @@ def run_robustness(rc: RobustnessConfig) -> list[dict]:
         store = Store(driver, database)
 
         def store_run(run_id, label, circuits, tags, model):
-            arch = architecture_of(model)
-            writer.ensure_run(RunRecord(id=run_id, task=task, dataset_hash=prov.get("content_hash", ""),
-                                        method="robustness", data_split=tags["analysis"],
-                                        extra={"model_label": label, **tags}), arch)
-            for c in circuits:
-                writer.write_checkpoint(run_id, arch, CheckpointData(c.step, c.names, c.scores, c.in_graph,
-                                                                     meta=c.meta))
-            writer.tag_run(run_id, {"model_label": label, **tags})
+            store_circuits(writer, run_id, label, circuits, tags, architecture_of(model), task=task,
+                           dataset_hash=prov.get("content_hash", ""))
 
         def progress(step, res):
             click.echo(f"  step {step}: {res.metrics['n_circuit_edges']} circuit edges", err=True)

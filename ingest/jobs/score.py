@@ -14,9 +14,11 @@ import torch
 
 from analysis.adapter import ModelAdapter
 from analysis.datasets import load_split
-from analysis.eap import REFERENCE_IG_RULE, check_settings, estimate_memory, format_bytes, score as run_score
+from analysis.eap import REFERENCE_IG_RULE, check_settings, score as run_score
+from analysis.eap_memory import choose_chunk, device_budget, estimate_memory, format_bytes
 from analysis.errors import UserError
 from analysis.graph import build_graph
+from analysis.mib import mib_curve
 from analysis.models import load_causal_lm
 from analysis.provenance import code_version, content_hash, package_versions
 
@@ -39,6 +41,8 @@ class ScoreRequest:
     quiet: bool = False
     compat: str | None = None
     backend: str = "native"
+    chunk: int | None = None  # micro-batch size (None: what fits the accelerator, analysis.eap_memory)
+    mib: bool = False  # also MIB's CPR / CMD of the scores
 
 
 def score_to_file(req: ScoreRequest) -> dict:
@@ -65,20 +69,27 @@ def score_to_file(req: ScoreRequest) -> dict:
     graph = build_graph(adapter.spec)
     enc = adapter.encode_pairs(pairs, need_corrupted_label=(metric == "logit-diff"))  # validates early
     n_pos = max(len(c) for c in enc.clean)
-    if not quiet:
-        est = estimate_memory(adapter, graph, min(batch_size, len(pairs)), n_pos)
+    if req.chunk is not None and req.chunk < 1:
+        raise UserError(f"--chunk must be a positive number of examples, got {req.chunk}")
+    if not quiet:  # the estimate of the largest batch, in the chunks it will be scored in
+        full = min(batch_size, len(pairs))
+        chunk = min(full, req.chunk or choose_chunk(adapter, graph, full, n_pos, device_budget(adapter)))
+        est = estimate_memory(adapter, graph, chunk, n_pos)
         parts = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in est.items() if k != "total")
-        click.echo(f"{len(graph.edges):,} edges, {len(pairs)} pairs; memory estimate ~{format_bytes(est['total'])} "
-                   f"({parts})", err=True)
+        split = f", batches in chunks of {chunk}" if chunk < full else ""
+        click.echo(f"{len(graph.edges):,} edges, {len(pairs)} pairs{split}; memory estimate "
+                   f"~{format_bytes(est['total'])} ({parts})", err=True)
     t0 = time.perf_counter()
     result = run_score(adapter, graph, pairs, method=method, metric=metric, steps=steps, ig_rule=ig_rule,
-                       batch_size=batch_size, progress=not quiet, compat=compat)
+                       batch_size=batch_size, progress=not quiet, compat=compat, chunk=req.chunk)
     seconds = time.perf_counter() - t0
+    mib = mib_curve(adapter, result, pairs, metric, batch_size) if req.mib else None
     data_hash = content_hash([[p.clean, p.corrupted, p.label, p.corrupted_label] for p in pairs])
     doc = {
         "format": "circuitshift-scores/1",
         "graph": {"n_layers": graph.spec.n_layers, "n_heads": graph.spec.n_heads,
-                  "parallel_attn_mlp": graph.spec.parallel_attn_mlp, "n_edges": len(graph.edges)},
+                  "parallel_attn_mlp": graph.spec.parallel_attn_mlp, "n_kv_heads": graph.spec.n_kv_heads,
+                  "n_edges": len(graph.edges)},
         "provenance": {
             "model": str(model_path),
             "model_revision": model_info.revision,
@@ -96,9 +107,13 @@ def score_to_file(req: ScoreRequest) -> dict:
         },
         "scores": result.to_dict(),
     }
+    if mib is not None:
+        doc["mib"] = mib.to_dict()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc))
     if not quiet:
         click.echo(f"wrote {len(doc['scores']):,} edge scores to {out_path} in {seconds:.1f} s "
                    f"(HF-vs-hooked logit parity {result.parity:.2e})", err=True)
+    if mib is not None:  # printed even with --quiet: it is a result, not progress
+        click.echo(f"MIB ({mib.metric}): CPR {mib.cpr:.4f}  CMD {mib.cmd:.4f}", err=True)
     return doc

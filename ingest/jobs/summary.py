@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
+from analysis.distributed import barrier, join_launched_group
 from ingest.jobs.finetune import IngestConfig, run_ingest
 from ingest.jobs.task_data import make_task_data
 from ingest.output import rows_table
@@ -52,13 +54,21 @@ def print_summary(s: dict, echo=print) -> None:
 def ingest_and_summarise(model, task, data_dir, n, count, train, scoring, run_id, device, quiet,
                          state_dir: Path | None = None) -> dict:
     """Fine-tune (the run id derived from the options unless given) and print the run's summary; `task`
-    generates the dataset with the model's tokenizer instead of `data_dir`."""
+    generates the dataset with the model's tokenizer instead of `data_dir`. Under a launcher only rank 0
+    generates the data, opens the store and prints the summary (run_ingest)."""
     state = Path(state_dir) if state_dir else default_state_dir()
+    shard = join_launched_group(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if task is not None:
+        if shard.rank != 0:
+            barrier()  # rank 0 generates the data first; the others then find it cached
         data_dir = make_task_data(task, n, count, model, state)
+        if shard.rank == 0:
+            barrier()
     run_id = run_id or f"{Path(str(model)).name}-{task or Path(data_dir).name}-{train.method}-s{train.seed}"
     cfg = IngestConfig(model=str(model), data=str(data_dir), run_id=run_id, train=train, scoring=scoring,
                        task=None, device=device, state_dir=str(state))
+    if shard.rank != 0:  # the other ranks train and score their shards; they never touch the store
+        return {**run_ingest(cfg, None, None, progress=False, echo=click.echo), "state_dir": str(state)}
     with session_driver() as (driver, database):
         result = run_ingest(cfg, driver, database, progress=not quiet, echo=click.echo)
         click.echo("")

@@ -52,13 +52,27 @@ WITH {carry}, keys, scores,
 """
 
 
+# Whether checkpoint `c`'s own circuit at head level is read from its precomputed arrays (written by
+# queries/writer.py since issue 19; a checkpoint written before has none and takes the ranked path).
+OWN_HEAD = "($mode = 'in_graph' AND $level = 'head' AND c.head_keys IS NOT NULL)"
+
 # The selected edges with their scores. Expects `c` (a Checkpoint) and `pos` in scope.
-SELECT = ("WITH c, pos, c.keys AS keys, c.scores AS scores, " + OWN_RANKS + " AS in_graph, c.n_edges AS n"
-          + cut("c, pos, in_graph") + """
-UNWIND CASE WHEN cut < 0 THEN [r IN in_graph | r - 1] ELSE range(0, cut - 1) END AS i
-WITH pos, CASE $level WHEN 'head' THEN keys[i] / 4 ELSE keys[i] END AS key, scores[i] AS s
-WITH pos, key, sum(s) AS s
-""")
+SELECT = """
+CALL (c) {
+  WITH c WHERE """ + OWN_HEAD + """
+  WITH c.head_keys AS keys, c.head_scores AS scores
+  UNWIND range(0, size(keys) - 1) AS i
+  RETURN keys[i] AS key, scores[i] AS s
+  UNION ALL
+  WITH c WHERE NOT """ + OWN_HEAD + """
+  WITH c, c.keys AS keys, c.scores AS scores, """ + OWN_RANKS + """ AS in_graph, c.n_edges AS n"""
+SELECT += cut("c, in_graph") + """
+  UNWIND CASE WHEN cut < 0 THEN [r IN in_graph | r - 1] ELSE range(0, cut - 1) END AS i
+  WITH CASE $level WHEN 'head' THEN keys[i] / 4 ELSE keys[i] END AS key, scores[i] AS s
+  RETURN key, sum(s) AS s
+}
+WITH pos, key, s
+"""
 
 # Set-only variant of SELECT for the churn queries: keeps no score and carries `n_pos`.
 # Rows: (pos, n_pos, key).

@@ -25,11 +25,29 @@ WITH r, a, c ORDER BY c.step
 RETURN a.key AS arch, a.n_layers AS n_layers, a.n_heads AS n_heads, a.n_components AS n_comp,
        a.parallel_attn_mlp AS parallel, a.n_kv_heads AS n_kv_heads, collect(c.step) AS steps,
        collect(c.level) AS levels,
-       collect(c.uid) AS uids
+       collect(c.uid) AS uids, collect(c.head_keys IS NOT NULL) AS precomputed
 """
 
 # method.md 6.2 (edges: symmetric difference of the edge sets of checkpoints t and t+1).
 CHURN_EDGES = RUN_CHECKPOINTS + SELECT_KEYS + "WITH pos, key AS item, n_pos\n" + CHURN_TAIL
+
+# method.md 6.1-6.2 for the stored circuit at head level, from the sets written with each checkpoint
+# (queries/writer.py own_circuit_sets): per transition, the members of one set missing from the other's
+# mask. One pass over list elements, no rows per edge: used when every checkpoint of the run has them.
+CHURN_OWN_HEAD = """
+MATCH (c:Checkpoint {run: $run}) WHERE c.complete
+WITH c ORDER BY c.step
+WITH collect({edges: c.head_keys, edge_mask: c.head_mask, nodes: c.circuit_nodes,
+              node_mask: c.node_mask}) AS cs
+UNWIND range(0, size(cs) - 2) AS t
+WITH t, cs[t] AS a, cs[t + 1] AS b
+RETURN t AS transition,
+       size([k IN b.edges WHERE NOT a.edge_mask[k]]) AS edges_added,
+       size([k IN a.edges WHERE NOT b.edge_mask[k]]) AS edges_removed, size(a.edges) AS edges_before,
+       size([x IN b.nodes WHERE NOT a.node_mask[x]]) AS nodes_added,
+       size([x IN a.nodes WHERE NOT b.node_mask[x]]) AS nodes_removed, size(a.nodes) AS nodes_before
+ORDER BY transition
+"""
 
 # method.md 6.1 (nodes: symmetric difference of the node sets; a node is in a circuit when one of its
 # edges is).

@@ -12,11 +12,12 @@ RETURN r.id AS run, r.model AS model, r.task AS task, r.method AS method, r.arch
 ORDER BY run
 """
 
+# cpr and cmd (MIB units, analysis/mib.py) are null for checkpoints scored without them.
 CHECKPOINT_METRICS = """
 MATCH (c:Checkpoint {run: $run}) WHERE c.complete
 RETURN c.step AS step, c.epoch AS epoch, c.accuracy AS accuracy, c.faithfulness AS faithfulness,
        c.circuit_accuracy AS circuit_accuracy, c.n_edges AS n_edges, c.n_in_graph AS n_in_graph,
-       c.level AS level
+       c.level AS level, c.cpr AS cpr, c.cmd AS cmd
 ORDER BY step
 """
 

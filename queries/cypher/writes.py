@@ -29,6 +29,7 @@ MATCH (c:Checkpoint {run: $run}) WHERE c.complete
 RETURN c.step AS step ORDER BY step
 """
 
+# $meta also carries the own circuit's precomputed head-level sets (queries/writer.py own_circuit_sets).
 CREATE_CHECKPOINT = """
 MATCH (r:Run {id: $run})
 CREATE (r)-[:HAS_CHECKPOINT]->(c:Checkpoint {uid: $uid, run: $run, step: $step, level: $level,

@@ -1,0 +1,109 @@
+"""A lab-sized store: one run's queries in a store holding many runs, and an experiment table over them.
+
+Fills a fresh server with runs of N synthetic Pythia-1.4B-shape checkpoints (benchmarks/bench_store.py's
+drifting scores, a few seeds cycled so generating them does not dominate), written through the writer
+as a job would. Measures, warm (median of 3):
+
+  * every library query on the first run, once with the store holding only that run and once full:
+    the full store must not be slower than 1.2x;
+  * the experiment table (queries/cypher/experiments.py EXPERIMENT_TABLE) across the first
+    --experiment-runs runs, tagged into one experiment through the writer (target < 1 s);
+  * disk per stored scored edge (store files flushed by a server restart, transaction logs excluded).
+
+Filling stops at --runs runs or after --fill-minutes, whichever comes first (the figures say how many).
+
+    .venv/bin/python benchmarks/bench_lab_store.py --runs 100 --fill-minutes 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from bench_store import bench_queries, ingest, start_server, store_bytes, synthetic_run, timed
+
+from queries.api import Store
+from queries.components import Architecture
+from queries.connection import open_driver
+from queries.writer import CircuitWriter, ExperimentRecord
+
+SEEDS = 3  # distinct synthetic runs, cycled over the runs written
+
+
+def with_accuracy(cps, run_index: int):
+    """The experiment table reads each checkpoint's accuracy: give the synthetic ones one."""
+    return [dataclasses.replace(cp, meta={"accuracy": 50.0 + (i * 3 + run_index) % 40})
+            for i, cp in enumerate(cps)]
+
+
+def tag_experiment(driver, db, runs: list[str]) -> None:
+    writer = CircuitWriter(driver, db)
+    labels = ["lora", "full", "circuitlora"]
+    writer.write_experiment(ExperimentRecord(id="lab", task="synthetic", model="pythia-1.4b shape",
+                                             seeds=list(range(len(runs))), labels=labels, settings="{}"))
+    for i, run in enumerate(runs):
+        writer.tag_experiment_run("lab", run, labels[i % 3], i // 3, 1_000 + i, 1_400_000_000)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--checkpoints", type=int, default=11)
+    ap.add_argument("--fill-minutes", type=float, default=15.0)
+    ap.add_argument("--experiment-runs", type=int, default=50)
+    ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--heap", default="2g")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    arch = Architecture(args.layers, args.heads, True)
+    runs = [synthetic_run(arch, args.checkpoints, seed=s)[1] for s in range(SEEDS)]
+    server, settings = start_server(args.heap)
+    empty = store_bytes(server)
+    driver = open_driver(settings)
+    db = settings.database
+    try:
+        store = Store(driver, db)
+        ingest(driver, db, arch, with_accuracy(runs[0], 0), "lab0")
+        alone, _ = bench_queries(store, "lab0", args.checkpoints)
+        t0, written, fill = time.perf_counter(), ["lab0"], []
+        while len(written) < args.runs and time.perf_counter() - t0 < args.fill_minutes * 60:
+            i = len(written)
+            fill += ingest(driver, db, arch, with_accuracy(runs[i % SEEDS], i), f"lab{i}")
+            written.append(f"lab{i}")
+        fill_s = time.perf_counter() - t0
+        full, _ = bench_queries(store, "lab0", args.checkpoints)
+        tagged = written[:args.experiment_runs]
+        tag_experiment(driver, db, tagged)
+        table_s, rows = timed(lambda: store.experiment_table_rows("lab", [], ["lora", "full", "circuitlora"]))
+        edges = len(written) * args.checkpoints * arch.n_edges("qkv")
+        driver.close()
+        per_edge = (store_bytes(server) - empty) / edges
+        print(f"\n### Lab-sized store: {len(written)} runs x {args.checkpoints} checkpoints of {arch.key} "
+              f"({edges:,} stored scored edges)")
+        print(f"(filled in {fill_s / 60:.1f} min, median {statistics.median(fill):.2f} s per checkpoint; "
+              f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f} at the end)\n")
+        print("| query on run lab0 (warm, median of 3) | store with 1 run (s) | full store (s) | ratio |")
+        print("|---|---|---|---|")
+        for k, v in alone.items():
+            print(f"| {k} | {v:.3f} | {full[k]:.3f} | {full[k] / v:.2f}x |")
+        print(f"\nExperiment table across {len(tagged)} runs ({sum(r['n'] for r in rows)} cells): "
+              f"{table_s:.3f} s. Disk: {per_edge:.1f} bytes per stored scored edge.")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "runs": len(written), "fill_s": fill_s, "fill_per_checkpoint_s": fill, "alone": alone,
+                "full": full, "experiment_runs": len(tagged), "experiment_table_s": table_s,
+                "bytes_per_edge": per_edge, "load": os.getloadavg()}, indent=2))
+    finally:
+        driver.close()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
