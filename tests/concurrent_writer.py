@@ -16,7 +16,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
+from faults import qkv_names  # noqa: E402
 from queries.components import Architecture  # noqa: E402
 from queries.connection import open_driver  # noqa: E402
 from queries.settings import Neo4jSettings  # noqa: E402
@@ -28,8 +30,7 @@ ARCH = Architecture(n_layers=6, n_heads=8, parallel_attn_mlp=True)
 
 def checkpoints(n: int, seed: int) -> list[CheckpointData]:
     """The run's checkpoints: random signed scores, the top 5% by |score| in the circuit."""
-    names = [n for n in ARCH.key_of if n.endswith(">") or "->a" not in n]  # q/k/v level
-    assert len(names) == ARCH.n_edges("qkv")
+    names = qkv_names(ARCH)
     rng = np.random.default_rng(seed)
     out = []
     for step in range(n):
