@@ -46,7 +46,8 @@ def experiment():
 @click.option("--seeds", "n_seeds", type=int, default=5, show_default=True, help="Seeds per method.")
 @click.option("--seed", "first_seed", type=int, default=42, show_default=True, help="First seed (then +1, +2, ...).")
 @click.option("--methods", default=None,
-              help="Comma-separated subset, e.g. lora-r16,circuitlora-8-32 (default: the paper's set).")
+              help="Comma-separated subset, e.g. lora-r16,circuitlora-8-32 (default: the paper's set); "
+                   "circuitlora_u-8-32 (CircuitLoRA_U) needs --union-before/--union-after.")
 @click.option("--experiment", "experiment_id", default=None, help="Experiment name (default: derived).")
 @click.option("--top", type=int, default=5, show_default=True, help="Critical (and random) layers.")
 @click.option("--lr", type=float, default=None, help="LoRA learning rate (default: the paper's, 3e-4).")
@@ -56,11 +57,19 @@ def experiment():
               help="Critical-module learning rate (default: the paper's per task, scaled by --lr / 3e-4).")
 @click.option("--phase1-epochs", type=float, default=1.0, show_default=True)
 @click.option("--phase1-steps", type=int, default=None, help="Phase 1 length in steps (overrides epochs).")
+@click.option("--union-before", default=None,
+              help="CircuitLoRA_U (circuitlora_u-RO-RC): the union of the pre-trained subtask circuits, RUN:STEP "
+                   "as stored by `circuitshift query union`.")
+@click.option("--union-after", default=None,
+              help="CircuitLoRA_U: the union of the fine-tuned subtask circuits, RUN:STEP; its critical layers "
+                   "are those of --union-before -> --union-after (method.md 5).")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="table", show_default=True)
 @schedule_options
 def compare(model, task, n, count, data_dir, n_seeds, first_seed, methods, experiment_id, top, lr, full_lr,
-            adalora_lr, lr_critical, phase1_epochs, phase1_steps, fmt, schedule):
-    """Run the paper's set of methods for --seeds seeds and print the table (Table 1 form)."""
+            adalora_lr, lr_critical, phase1_epochs, phase1_steps, union_before, union_after, fmt, schedule):
+    """Run the paper's set of methods for --seeds seeds and print the table (Table 1 form). With
+    --union-before/--union-after, a method circuitlora_u-8-32 trains from the unions' critical layers
+    (CircuitLoRA_U, Table 3)."""
     from ingest.jobs.experiment import PAPER_SET, ExperimentConfig, run_experiment
 
     if n_seeds < 1:
@@ -72,11 +81,14 @@ def compare(model, task, n, count, data_dir, n_seeds, first_seed, methods, exper
     if experiment_id is None:
         key = content_hash({"data": data, "train": s.train.record(), "scoring": str(s.scoring), "top": top,
                             "lr": lr, "full_lr": full_lr, "adalora_lr": adalora_lr, "lr_critical": lr_critical,
-                            "p1": [phase1_epochs, phase1_steps]})[:8]
+                            "p1": [phase1_epochs, phase1_steps],
+                            # only when given, so the ids of experiments without unions stay as they were
+                            **({"union": [union_before, union_after]} if union_before or union_after else {})})[:8]
         experiment_id = f"cmp-{Path(model).name}-{task_name or Path(data).name}-{key}"
     cfg = ExperimentConfig(experiment=experiment_id, settings=s, seeds=seeds, labels=labels, task=task_name,
                            top=top, lr=lr, full_lr=full_lr, adalora_lr=adalora_lr, lr_critical=lr_critical,
-                           phase1_epochs=phase1_epochs, phase1_steps=phase1_steps)
+                           phase1_epochs=phase1_epochs, phase1_steps=phase1_steps, union_before=union_before,
+                           union_after=union_after)
     t0 = time.perf_counter()
     click.echo(f"experiment {experiment_id}: {len(labels)} methods x {len(seeds)} seeds on {task_name}")
     with session_driver() as (driver, database):

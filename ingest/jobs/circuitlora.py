@@ -26,6 +26,8 @@ from queries.api import CircuitDefinition, Store, parse_ref
 from queries.writer import CircuitWriter, PlanRecord
 
 PHASE1 = "phase1"
+# CircuitLoRA planned from two stored union circuits (method.md 5): CircuitLoRA_U (Table 3)
+UNION_KIND = "circuitlora_u"
 
 
 def display_label(label: str) -> str:
@@ -38,7 +40,8 @@ def display_label(label: str) -> str:
     kind, *nums = label.split("-")
     if kind == "lora":
         return f"LoRA (r={nums[0][1:]})"
-    return {"circuitlora": "CircuitLoRA", "randomlora": "RandomLoRA"}.get(kind, kind) + f" ({nums[0]},{nums[1]})"
+    names = {"circuitlora": "CircuitLoRA", "randomlora": "RandomLoRA", UNION_KIND: "CircuitLoRA_U"}
+    return names.get(kind, kind) + f" ({nums[0]},{nums[1]})"
 
 
 # -- plans -------------------------------------------------------------------------------------------

@@ -12,11 +12,10 @@ import statistics
 from dataclasses import dataclass
 
 from ingest.jobs import paper_numbers as P
-from ingest.jobs.circuitlora import display_label
+from ingest.jobs.circuitlora import UNION_KIND, display_label  # UNION_KIND: CircuitLoRA_U (method.md 5)
 from ingest.jobs.experiment import TABLE_ORDER
 from ingest.jobs.report_page import PAPER_MARK as P_MARK
 
-UNION_KIND = "circuitlora_u"  # CircuitLoRA trained from a union plan (method.md 5): CircuitLoRA_U
 TABLES = ("Table 1", "Table 4", "Table 3", "Other tasks")
 
 
@@ -58,7 +57,8 @@ def row_order(title: str) -> list[str]:
 
 
 def row_label(cell: dict) -> str:
-    """A CircuitLoRA run trained from a union plan is CircuitLoRA_U."""
+    """A CircuitLoRA run trained from a union plan is CircuitLoRA_U (`experiment compare` tags such runs
+    circuitlora_u-RO-RC itself; a circuitlora-RO-RC run tagged by hand is recognised by its plan)."""
     label = cell["label"]
     if cell.get("union_plan") and label.startswith("circuitlora-"):
         return UNION_KIND + label[len("circuitlora"):]
@@ -66,8 +66,6 @@ def row_label(cell: dict) -> str:
 
 
 def method_name(label: str, title: str) -> str:
-    if label.startswith(UNION_KIND + "-"):
-        return "CircuitLoRA_U " + display_label("circuitlora" + label[len(UNION_KIND):]).split(" ", 1)[1]
     if title == "Table 3" and label.startswith("circuitlora-"):
         return display_label(label).replace("CircuitLoRA", "CircuitLoRA_C", 1)
     return display_label(label)
@@ -142,8 +140,9 @@ def missing_notes(t: MethodTable) -> list[str]:
                      + ", ".join(method_name(lb, t.title) for lb in absent_rows) + ".")
     if t.title == "Table 3" and not any(lb.startswith(UNION_KIND) for lb in t.labels):
         notes.append("CircuitLoRA_U is missing: no run of these experiments was trained with a plan from a "
-                     "union circuit. Store the union of the subtask circuits with `circuitshift query union`, "
-                     "plan with `circuitshift circuitlora plan --before BASE_UNION:0 --after UNION:0`, train it "
-                     "with `circuitlora train --plan PLAN` and tag that run into the experiment "
-                     "(`CircuitWriter.tag_experiment_run`; `experiment compare` has no union option).")
+                     "union circuit. Store the unions of the pre-trained and of the fine-tuned subtask circuits "
+                     "with `circuitshift query union A:STEP B:STEP --as RUN:STEP`, then rerun this experiment's "
+                     f"`experiment compare` with {UNION_KIND}-8-32 added to --methods, `--union-before "
+                     "BASE_UNION:STEP --union-after AFTER_UNION:STEP` and the same --experiment ID (its stored "
+                     "runs are not trained again).")
     return notes
