@@ -111,7 +111,7 @@ def table(experiment_id, fmt):
 
 @experiment.command()
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
-              help="tiny: seconds, for tests; default: the evidence (about 25 minutes on 2 busy cores).")
+              help="tiny: seconds, for tests; default: the evidence (about 34 minutes with pre-training on 2 busy cores).")
 @click.option("--id", "findings_id", default=None, help="Findings id, prefix of every run (default findings-PRESET).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the page (default reports/findings-ID).")
