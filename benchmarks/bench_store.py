@@ -14,6 +14,8 @@ edges per checkpoint), N checkpoints whose scores drift like a fine-tuning run's
            folder) ingest and answer the same run on the same server first, in a subprocess
 
     .venv/bin/python benchmarks/bench_store.py --checkpoints 11 --before bc70559   # starts its own server
+    .venv/bin/python benchmarks/bench_store.py --checkpoints 11 --before 87832f7 --no-baselines \
+        --union-shape 32x32seq --heap 3g   # + the union read at opt-6.7b shape (1,592,881 edges)
     NEO4J_URI=bolt://... NEO4J_PASSWORD=... .venv/bin/python benchmarks/bench_store.py --external
 
 Prints a Markdown table; --json FILE also writes the figures.
@@ -43,6 +45,7 @@ from queries.api import CircuitDefinition, Store  # noqa: E402
 from queries.components import Architecture  # noqa: E402
 from queries.connection import open_driver, set_initial_password  # noqa: E402
 from queries.settings import Neo4jSettings  # noqa: E402
+from queries.prune import prune_keys  # noqa: E402
 from queries.writer import CheckpointData, CircuitWriter, RunRecord  # noqa: E402
 
 
@@ -123,12 +126,16 @@ def bench_baselines(driver, db, names, cps) -> dict:
     return {"plain_s": plain, "merge_loop_s_extrapolated": loop}
 
 
-def python_side(store: Store, run: str, frac: float):
-    """Pull the top-frac keys of every checkpoint and compute head-level edge churn in Python."""
+def python_side(store: Store, run: str, frac: float, arch: Architecture | None = None, level: str = "head"):
+    """Pull the top-frac keys of every checkpoint and compute edge churn in Python: head level
+    unpruned, or pruned (the library's vectorised rule, queries/prune.py) when `arch` is given."""
     rows = store.read("MATCH (c:Checkpoint {run: $run}) WHERE c.complete WITH c ORDER BY c.step "
                       "RETURN c.step AS step, c.keys[..toInteger(floor($f * c.n_edges))] AS keys",
                       run=run, f=frac)
-    sets = [set(k // 4 for k in r["keys"]) for r in rows]
+    keys = [r["keys"] for r in rows]
+    if arch is not None:
+        keys = [[k[i] for i in prune_keys(arch, k)] for k in keys]
+    sets = [set(k // 4 for k in ks) if level == "head" else set(ks) for ks in keys]
     return [len(b - a) + len(a - b) for a, b in zip(sets, sets[1:])]
 
 
@@ -158,10 +165,12 @@ def timed(fn, repeats=3):
 
 KS = [100, 500, 1000]
 CHURN_PY = "churn (top 5%, head, unpruned)"  # the row Python computes too: the same keys, no pruning
+PRUNED = {"churn (top 5%, head)": "head", "churn (top 5%, qkv)": "qkv"}  # Python prunes these too
 
 
-def bench_queries(store: Store, run: str, n_ckpt: int):
-    """Every library query on `run`, warm; returns ({query: s}, {query: s for the Python side})."""
+def bench_queries(store: Store, run: str, n_ckpt: int, arch: Architecture | None = None):
+    """Every library query on `run`, warm; returns ({query: s}, {query: s for the Python side}).
+    With `arch`, Python also answers the pruned (re-selected) churn rows."""
     d = CircuitDefinition()  # the stored circuit (top 5%), head level
     top = CircuitDefinition("top_frac", 0.05, "head")
     first, last = f"{run}:0", f"{run}:{(n_ckpt - 1) * 25}"
@@ -182,6 +191,11 @@ def bench_queries(store: Store, run: str, n_ckpt: int):
     }
     py = {CHURN_PY: timed(lambda: python_side(store, run, 0.05)),
           "overlap": timed(lambda: python_overlap(store, ra.uid, rb.uid, KS))}
+    if arch is not None:
+        for row, level in PRUNED.items():
+            py[row] = timed(lambda: python_side(store, run, 0.05, arch, level))
+            cy = [t["edges_changed"] for t in results[row][1]["transitions"]]
+            assert cy == py[row][1], (row, cy, py[row][1])
     for row in (CHURN_PY, "churn (in_graph, head)"):  # the stored circuit is the top 5%, unpruned
         cy_churn = [t["edges_changed"] for t in results[row][1]["transitions"]]
         assert cy_churn == py[CHURN_PY][1], (row, cy_churn, py[CHURN_PY][1])
@@ -212,13 +226,33 @@ def start_server(heap: str):
 def measure_side(driver, db, arch, cps, run: str) -> dict:
     """Ingest `cps` as run `run` and time every query on it, with this process's queries/."""
     times = ingest(driver, db, arch, cps, run)
-    queries, python = bench_queries(Store(driver, db), run, len(cps))
+    queries, python = bench_queries(Store(driver, db), run, len(cps), arch)
     return {"ingest_s": times, "edges": sum(len(cp.names) for cp in cps), "queries": queries,
             "python": python}
 
 
-def run_before(rev: str, settings: Neo4jSettings, args) -> dict:
-    """REV's queries/ and analysis/ measure the same run (as run 'before') in a subprocess."""
+def parse_shape(text: str) -> Architecture:
+    """'32x32seq' (opt-6.7b: 32 layers, 32 heads, sequential) or '24x16' (parallel)."""
+    seq = text.endswith("seq")
+    layers, heads = text.removesuffix("seq").split("x")
+    return Architecture(int(layers), int(heads), not seq)
+
+
+def bench_union(driver, db, shape: str, run: str) -> dict:
+    """Two checkpoints of `shape` written as run `run`; the union read of their stored circuits
+    (head level, warm, median of 3) and the ingest seconds of each."""
+    arch = parse_shape(shape)
+    _, cps = synthetic_run(arch, 2, seed=1)
+    times = ingest(driver, db, arch, cps, run)
+    store = Store(driver, db)
+    union_s, rows = timed(lambda: store.union_edges(f"{run}:0", f"{run}:25", CircuitDefinition(), None))
+    return {"shape": shape, "edges": arch.n_edges("qkv"), "ingest_s": times, "union_s": union_s,
+            "union_edges": len(rows[1])}
+
+
+def run_before(rev: str, settings: Neo4jSettings, args, union: bool = False) -> dict:
+    """REV's queries/ and analysis/ measure the same run (as run 'before') in a subprocess; with
+    `union`, only the union read at --union-shape (run 'before-union')."""
     work = Path(tempfile.mkdtemp(prefix="circuitshift-before-"))
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "queries", "analysis"],
                              capture_output=True)
@@ -228,7 +262,8 @@ def run_before(rev: str, settings: Neo4jSettings, args) -> dict:
     env = {**os.environ, "NEO4J_URI": settings.uri, "NEO4J_PASSWORD": settings.resolved_password()}
     cmd = [sys.executable, __file__, "--external", "--tree", str(work), "--side-json", str(work / "side.json"),
            "--run-id", "before", "--checkpoints", str(args.checkpoints), "--layers", str(args.layers),
-           "--heads", str(args.heads)] + (["--sequential"] if args.sequential else [])
+           "--heads", str(args.heads)] + (["--sequential"] if args.sequential else []) + (
+               ["--union-shape", args.union_shape, "--union-only"] if union else [])
     subprocess.run(cmd, env=env, check=True, cwd=str(ROOT))
     return json.loads((work / "side.json").read_text())
 
@@ -259,6 +294,14 @@ def print_tables(arch, args, ours: dict, base: dict | None, before: dict | None)
     for side, fig in (("before", before), ("after", ours)):
         if fig and fig.get("bytes_per_edge") is not None:
             print(f"\nDisk ({side}): {fig['bytes_per_edge']:.1f} bytes per stored scored edge")
+    if ours.get("union"):
+        u = ours["union"]
+        print(f"\nUnion read at {u['shape']} ({u['edges']:,} edges per checkpoint, {u['union_edges']:,} "
+              "head-level edges in the union; warm, median of 3):")
+        if before and before.get("union"):
+            print(f"before {before['union']['union_s']:.3f} s, ingest " +
+                  ", ".join(f"{x:.2f}" for x in before["union"]["ingest_s"]) + " s; ", end="")
+        print(f"after {u['union_s']:.3f} s, ingest " + ", ".join(f"{x:.2f}" for x in u["ingest_s"]) + " s")
 
 
 def main():
@@ -271,7 +314,10 @@ def main():
     ap.add_argument("--heap", default="2g")
     ap.add_argument("--before", default=None, metavar="REV", help="also measure REV's queries/, side by side")
     ap.add_argument("--no-baselines", action="store_true", help="skip the plain design and the merge loop")
+    ap.add_argument("--union-shape", default=None, metavar="LxH[seq]",
+                    help="also write 2 checkpoints of this shape and time the union read (32x32seq: opt-6.7b)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--union-only", action="store_true", help=argparse.SUPPRESS)  # --before's union side
     ap.add_argument("--run-id", default="bench", help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)  # read before the imports above
     ap.add_argument("--side-json", default=None, help=argparse.SUPPRESS)  # one side only, as JSON
@@ -281,6 +327,11 @@ def main():
     if args.layers * args.heads < 200:
         KS[:] = [10, 50, 100]  # small shapes have small circuits
     server, settings = (None, Neo4jSettings()) if args.external else start_server(args.heap)
+    if args.side_json and args.union_only:  # --before's subprocess, union side
+        with open_driver(settings) as driver:
+            side = bench_union(driver, settings.database, args.union_shape, args.run_id + "-union")
+        Path(args.side_json).write_text(json.dumps(side))
+        return
     names, cps = synthetic_run(arch, args.checkpoints)
     if args.side_json:  # --before's subprocess: one side, on the server it is given
         with open_driver(settings) as driver:
@@ -300,6 +351,12 @@ def main():
             ours["bytes_per_edge"] = (sizes[-1] - sizes[-2]) / ours["edges"]
         with open_driver(settings) as driver:
             base = None if args.no_baselines else bench_baselines(driver, settings.database, names, cps)
+        if args.union_shape:  # after the disk figures: these checkpoints are another shape
+            del names, cps
+            if before:
+                before["union"] = run_before(args.before, settings, args, union=True)
+            with open_driver(settings) as driver:
+                ours["union"] = bench_union(driver, settings.database, args.union_shape, args.run_id + "-union")
         print_tables(arch, args, ours, base, before)
         if args.json:
             Path(args.json).write_text(json.dumps({"after": ours, "before": before, "baselines": base,

@@ -10,11 +10,15 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import numpy as np
+
 from analysis.errors import UserError
 from queries.catalog import StoredRecords
 from queries.components import Architecture
 from queries.cypher import questions as Q
-from queries.prune import prune_keys
+from queries.params import quiet
+from queries.prune import surviving
+from queries.sets import churn_counts, union_rows
 
 Mode = Literal["in_graph", "top_n", "top_frac", "threshold", "percentile"]
 
@@ -155,7 +159,7 @@ class Store(StoredRecords):
         self.database = database
 
     def read(self, statement: str, **params) -> list[dict]:
-        records, _, _ = self.driver.execute_query(statement, params, database_=self.database,
+        records, _, _ = self.driver.execute_query(statement, quiet(params), database_=self.database,
                                                   routing_="r")
         return [r.data() for r in records]
 
@@ -199,11 +203,8 @@ class Store(StoredRecords):
             return params
         ranks = {}
         for r in self.read(Q.SELECTED_PREFIX, uids=list(uids), **params):
-            kept = prune_keys(arch, r["keys"])
-            if not kept:
-                raise UserError(f"{r['run']}:{r['step']}: {definition.describe()} selects {len(r['keys'])} "
-                                "edge(s) that prune to an empty circuit; select more edges or use --no-prune")
-            ranks[str(r["uid"])] = [i + 1 for i in kept]
+            kept = surviving(arch, r["keys"], f"{r['run']}:{r['step']}: {definition.describe()}")
+            ranks[str(r["uid"])] = (np.flatnonzero(kept) + 1).tolist()
         return {**params, "mode": "ranks", "ranks": ranks}
 
     def _two(self, statement, a, b, definition, **extra):
@@ -241,14 +242,16 @@ class Store(StoredRecords):
         return self._header(definition, run=run, transitions=transitions)
 
     def _churn_ranked(self, run: str, definition: CircuitDefinition, info: dict) -> list[dict]:
-        """Churn counts per transition from the rank-ordered arrays (any definition, any checkpoint)."""
+        """Churn counts per transition from the rank-ordered arrays (any definition, any checkpoint):
+        one read of every checkpoint's selected keys (Q.RUN_SELECTED_KEYS), pruned and compared here."""
         arch = _arch(info)
-        params = dict(run=run, **self.selection(definition, info["uids"], arch), **self.arch_params(arch))
-        edges = self.read(Q.CHURN_EDGES, **params)
-        nodes = self.read(Q.CHURN_NODES, **params)
-        return [{"transition": e["transition"], "edges_added": e["added"], "edges_removed": e["removed"],
-                 "edges_before": e["size_before"], "nodes_added": n["added"], "nodes_removed": n["removed"],
-                 "nodes_before": n["size_before"]} for e, n in zip(edges, nodes)]
+        selected = []
+        for r in self.read(Q.RUN_SELECTED_KEYS, run=run, **definition.params()):
+            keys = np.asarray(r["keys"], dtype=np.int64)
+            if definition.pruned:
+                keys = keys[surviving(arch, keys, f"{run}:{r['step']}: {definition.describe()}")]
+            selected.append(keys)
+        return churn_counts(selected, definition.level, arch.n_components)
 
     def change_rate(self, run: str, definition: CircuitDefinition) -> dict:
         """Delta_S = (1/n) sum_t changes_t / S_0 x 100% for nodes and edges (method.md 6.3)."""
@@ -341,8 +344,8 @@ class Store(StoredRecords):
             raise UserError("a union circuit is built at head level (--level head)")
         if max_edges is not None and max_edges < 1:
             raise UserError(f"--max-edges must be positive, got {max_edges}")
-        ra, _, rows = self._two(Q.UNION_EDGES, a, b, definition, max_edges=max_edges)
-        return ra, rows
+        ra, _, rows = self._two(Q.UNION_SIDES, a, b, definition)
+        return ra, union_rows(rows, max_edges)
 
     def circuit_edges(self, ref: str, definition: CircuitDefinition) -> tuple[CircuitRef, list[dict]]:
         r = self.resolve(ref)

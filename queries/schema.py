@@ -8,7 +8,9 @@ The data model (see README "Data model"):
   (:Run)-[:HAS_CHECKPOINT]->(:Checkpoint {uid, run, step, complete, level, n_edges, keys, scores,
                                            in_graph, ...metrics and scoring settings})
       keys/scores: every scored edge, ordered by rank (|score| descending); in_graph: the ranks of the
-      edges in the checkpoint's own circuit (see queries/writer.py for why arrays).
+      edges in the checkpoint's own circuit (see queries/writer.py for why arrays); top_keys/top_scores:
+      the first n_top ranks again (the top tenth, and the own circuit's); head_keys, head_scores,
+      head_mask, circuit_nodes, node_mask: the own circuit at head level (queries/writer.py).
   (:Component)-[:CIRCUIT_EDGE {ck, run, step, k, s, r}]->(:Component)   the checkpoint's own circuit,
       for Neo4j Browser: ck = checkpoint uid, k = edge key, s = signed score, r = rank.
 """

@@ -16,12 +16,22 @@ definition (in_graph, head) reads these instead of unwinding ranks: churn compar
 through their masks in one pass. A checkpoint written before them has none and is answered from its
 ranks with the same numbers (queries/cypher/fragments.py SELECT, Store.churn): no migration needed.
 
+The leading ranks are stored a second time (issue 19, second pass): `top_keys`/`top_scores`, the first
+`n_top` entries of `keys`/`scores` (the top tenth, and at least every rank of the own circuit). A prefix
+definition that fits in them (the paper's top 5%, a top-n up to a tenth, the own circuit's ranks at
+q/k/v level) reads ~1/10 of the data: reading a whole 231k-entry `keys` array was most of a
+re-selected churn. Checkpoints written before have no `n_top` and are read from the whole arrays.
+
+Every list parameter is sent as a queries.params.QuietList: the driver formats every statement's
+parameters for its debug log whether or not it logs, and that repr of a checkpoint's 231k scores took
+longer than sending them.
+
 A checkpoint is written in three steps, so a crash never leaves something a query reads as complete
 and a re-write replaces instead of duplicating:
   1. `CREATE` a new `(:Checkpoint {complete: false})` with a fresh uid and its arrays (leftovers of an
      earlier crashed write of the same run and step are removed first);
-  2. create its CIRCUIT_EDGE relationships in batches (`UNWIND`; component nodes fetched once per
-     batch and addressed by position: no per-row lookups);
+  2. create its CIRCUIT_EDGE relationships in batches (`UNWIND` over parallel column lists; component
+     nodes fetched once per batch and addressed by position: no per-row lookups);
   3. in ONE transaction mark it complete and retire any earlier complete version, which is then
      deleted. Queries read only `complete` checkpoints.
 """
@@ -40,6 +50,7 @@ from queries.components import Architecture
 from queries.cypher import experiments as E
 from queries.cypher import views as V
 from queries.cypher import writes as S
+from queries.params import quiet
 from queries.schema import ensure_schema
 
 BATCH = 20_000
@@ -114,13 +125,15 @@ class ExperimentRecord:
     settings: str
 
 
-def ranked_arrays(arch: Architecture, data: CheckpointData) -> dict:
+def ranked_arrays(arch: Architecture, data: CheckpointData, keys: np.ndarray | None = None) -> dict:
     """Validate a checkpoint and order its edges by rank (|score| descending, ties by edge key).
 
     Returns `keys` and `scores` aligned by rank (position i holds the edge of rank i+1) and
     `in_graph` (the ranks, 1-based, of the edges in the checkpoint's own circuit), plus `circuit`,
-    the rows `[src_ci, dst_ci, key, score, rank]` of those in-circuit edges, and `sets`, the own
-    circuit's head-level sets (own_circuit_sets).
+    the columns `src`, `dst`, `k`, `s`, `r` (component indices, key, score, rank) of those in-circuit
+    edges, `sets`, the own circuit's head-level sets (own_circuit_sets), and `top`, the leading ranks
+    again (top_arrays). `keys`: the names' keys when the caller already has them validated (a writer
+    whose checkpoints share one list of names: CircuitWriter.keys_of).
     """
     if not (len(data.names) == len(data.scores) == len(data.in_graph)):
         raise UserError("names, scores and in_graph flags differ in length")
@@ -128,12 +141,8 @@ def ranked_arrays(arch: Architecture, data: CheckpointData) -> dict:
         raise UserError(f"unknown level {data.level!r}; use qkv or head")
     if not data.names:
         raise UserError("a checkpoint needs at least one edge")
-    key_of = arch.key_of
-    try:
-        # map() over the dict's own lookup: half the time of a generator at 231k names
-        keys = np.fromiter(map(key_of.__getitem__, data.names), dtype=np.int64, count=len(data.names))
-    except KeyError as exc:
-        raise UserError(f"edge {exc.args[0]!r} is not in a {arch.key} graph") from None
+    if keys is None:
+        keys = edge_keys(arch, data.names)
     channel = keys % 4
     into_head = arch.is_head[arch.destinations_of(keys)]
     if data.level == "head" and channel.any():
@@ -142,9 +151,6 @@ def ranked_arrays(arch: Architecture, data: CheckpointData) -> dict:
     if data.level == "qkv" and (into_head & (channel == 0)).any():
         bad = data.names[int(np.argmax(into_head & (channel == 0)))]
         raise UserError(f"edge {bad!r} into a head lacks its <q|k|v> suffix at q/k/v level")
-    in_order = np.sort(keys)  # a sort and a neighbour compare: np.unique's hashing took 5x longer
-    if (in_order[1:] == in_order[:-1]).any():
-        raise UserError("the same edge appears twice")
     scores = np.asarray(data.scores, dtype=np.float64)
     if not np.isfinite(scores).all():
         i = int(np.argmax(~np.isfinite(scores)))
@@ -154,11 +160,41 @@ def ranked_arrays(arch: Architecture, data: CheckpointData) -> dict:
     ranked_keys, ranked_scores = keys[order], scores[order]
     ranks = np.nonzero(flags)[0] + 1
     pair = ranked_keys[flags] // 4
-    circuit = np.stack([pair // arch.n_components, pair % arch.n_components], axis=1)
+    n = arch.n_components
+    in_keys, in_scores = ranked_keys[flags], ranked_scores[flags]
     return {"keys": ranked_keys.tolist(), "scores": ranked_scores.tolist(), "in_graph": ranks.tolist(),
-            "sets": own_circuit_sets(arch, pair, ranked_scores[flags]),
-            "circuit": [list(row) for row in zip(*(circuit.T.tolist()), ranked_keys[flags].tolist(),
-                                                 ranked_scores[flags].tolist(), ranks.tolist())]}
+            "sets": own_circuit_sets(arch, pair, in_scores),
+            "top": top_arrays(ranked_keys, ranked_scores, ranks),
+            "circuit": {"src": (pair // n).tolist(), "dst": (pair % n).tolist(), "k": in_keys.tolist(),
+                        "s": in_scores.tolist(), "r": ranks.tolist()}}
+
+
+def edge_keys(arch: Architecture, names: Sequence[str]) -> np.ndarray:
+    """The store keys of edge names, refusing a name not in the graph and a repeated edge."""
+    key_of = arch.key_of
+    try:
+        # map() over the dict's own lookup: half the time of a generator at 231k names
+        keys = np.fromiter(map(key_of.__getitem__, names), dtype=np.int64, count=len(names))
+    except KeyError as exc:
+        raise UserError(f"edge {exc.args[0]!r} is not in a {arch.key} graph") from None
+    in_order = np.sort(keys)  # a sort and a neighbour compare: np.unique's hashing took 5x longer
+    if (in_order[1:] == in_order[:-1]).any():
+        raise UserError("the same edge appears twice")
+    return keys
+
+
+TOP_SHARE = 10  # top_keys/top_scores hold the leading 1/TOP_SHARE of the ranks (and the own circuit)
+
+
+def top_arrays(keys: np.ndarray, scores: np.ndarray, ranks: np.ndarray) -> dict:
+    """The leading ranks again, as `top_keys`/`top_scores` (`n_top` of them): at least the top tenth
+    and every rank of the own circuit. A prefix definition that fits (the paper's top 5%, top-n up to
+    a tenth, the own circuit's ranks) reads these instead of the whole arrays: at Pythia-1.4B scale
+    a whole `keys` array took ~15 ms per checkpoint to read, a tenth ~1/10 of that. ~1 byte per
+    scored edge on disk."""
+    n = len(keys)
+    n_top = min(n, max(-(-n // TOP_SHARE), int(ranks[-1]) if len(ranks) else 0))
+    return {"top_keys": keys[:n_top].tolist(), "top_scores": scores[:n_top].tolist(), "n_top": n_top}
 
 
 def own_circuit_sets(arch: Architecture, pairs: np.ndarray, scores: np.ndarray) -> dict:
@@ -194,9 +230,22 @@ class CircuitWriter:
         self.batch_size = batch_size
         self._schema_done = False
         self._archs: set[str] = set()
+        self._names: tuple | None = None  # (arch key, names, their keys): keys_of
 
     def _run(self, statement: str, **params):
-        return self.driver.execute_query(statement, params, database_=self.database, routing_="w")
+        return self.driver.execute_query(statement, quiet(params), database_=self.database, routing_="w")
+
+    def keys_of(self, arch: Architecture, names: Sequence[str]) -> np.ndarray:
+        """`edge_keys`, remembered for the last list of names: a run's checkpoints usually share one
+        (looking up 231k names was ~40% of ranked_arrays). A later list is compared element by element
+        with a copy of the remembered one, so a list changed in place is looked up again."""
+        names = names if isinstance(names, list) else list(names)
+        last = self._names
+        if last is not None and last[0] == arch.key and len(last[1]) == len(names) and last[1] == names:
+            return last[2]
+        keys = edge_keys(arch, names)
+        self._names = (arch.key, list(names), keys)
+        return keys
 
     def ensure_schema(self) -> None:
         if not self._schema_done:
@@ -232,7 +281,8 @@ class CircuitWriter:
 
     def write_checkpoint(self, run_id: str, arch: Architecture, data: CheckpointData) -> int:
         """Write one checkpoint atomically (as seen by queries); returns its uid."""
-        arrays = ranked_arrays(arch, data)  # validate everything before touching the database
+        # validate everything before touching the database
+        arrays = ranked_arrays(arch, data, self.keys_of(arch, data.names))
         if not arrays["in_graph"]:
             raise UserError(f"checkpoint {data.step} of run {run_id!r} has no edge in its circuit")
         self.ensure_architecture(arch)
@@ -241,15 +291,15 @@ class CircuitWriter:
         self.remove_incomplete(run_id, data.step)
         uid = secrets.randbits(62)
         records, _, _ = self._run(S.CREATE_CHECKPOINT, run=run_id, step=data.step, uid=uid,
-                                  level=data.level, meta={**meta, **arrays["sets"]},
+                                  level=data.level, meta={**meta, **arrays["sets"], **arrays["top"]},
                                   keys=arrays["keys"], scores=arrays["scores"],
                                   in_graph=arrays["in_graph"])
         if not records:
             raise UserError(f"run {run_id!r} does not exist; create it first")
-        rows = arrays["circuit"]
-        for start in range(0, len(rows), self.batch_size):
-            self._run(S.CREATE_CIRCUIT_EDGES, arch=arch.key, ck=uid, run=run_id, step=data.step,
-                      rows=rows[start:start + self.batch_size])
+        cols = arrays["circuit"]
+        for start in range(0, len(cols["k"]), self.batch_size):
+            part = {c: v[start:start + self.batch_size] for c, v in cols.items()}
+            self._run(S.CREATE_CIRCUIT_EDGES, arch=arch.key, ck=uid, run=run_id, step=data.step, **part)
         records, _, _ = self._run(S.COMPLETE_CHECKPOINT, uid=uid)
         for old in records[0]["retired"]:
             self.delete_checkpoint(old)

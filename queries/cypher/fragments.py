@@ -24,25 +24,25 @@ from __future__ import annotations
 # The ranks of a checkpoint's own circuit, or those the caller chose ($mode = 'ranks').
 OWN_RANKS = "CASE WHEN $mode = 'ranks' THEN $ranks[toString(c.uid)] ELSE c.in_graph END"
 
-# A checkpoint's arrays, reading `scores` only when the definition needs them (measured 2x faster at
-# Pythia-1.4B scale for the churn queries). Expects `c` in scope.
-LAZY_ARRAYS = """c.keys AS keys, c.n_edges AS n,
-     CASE WHEN $mode IN ['threshold', 'percentile'] THEN c.scores ELSE [] END AS scores"""
+# What cut() reads: `scores` only when the definition needs them (a whole `scores` array is the
+# costliest read of a checkpoint) and the number of scored edges. Expects `c` in scope.
+CUT_INPUTS = """CASE WHEN $mode IN ['threshold', 'percentile'] THEN c.scores ELSE [] END AS scores,
+     c.n_edges AS n"""
 
 
 def cut(carry: str) -> str:
     """How many leading (rank-ordered) edges the definition keeps, as `cut` (-1: keep the ranks of
-    `in_graph`/'ranks'); the percentile is interpolated linearly over |score|. Expects `keys`,
-    `scores`, `n` and the variables of `carry` in scope; keeps `carry`, keys, scores and cut."""
+    `in_graph`/'ranks'); the percentile is interpolated linearly over |score|. Expects `scores`, `n`
+    (CUT_INPUTS) and the variables of `carry` in scope; keeps `carry` and cut."""
     return f"""
-WITH {carry}, keys, scores, n,
+WITH {carry}, scores, n,
      CASE WHEN $mode = 'percentile' AND n > 1 THEN ($value / 100.0) * (n - 1) ELSE 0.0 END AS x
-WITH {carry}, keys, scores, n,
+WITH {carry}, scores, n,
      CASE $mode
        WHEN 'percentile' THEN abs(scores[n - 1 - toInteger(floor(x))])
             + (x - floor(x)) * (abs(scores[n - 1 - toInteger(ceil(x))]) - abs(scores[n - 1 - toInteger(floor(x))]))
        ELSE $value END AS t
-WITH {carry}, keys, scores,
+WITH {carry},
      CASE $mode
        WHEN 'in_graph' THEN -1
        WHEN 'ranks' THEN -1
@@ -50,6 +50,17 @@ WITH {carry}, keys, scores,
        WHEN 'top_frac' THEN toInteger(floor($value * n))
        ELSE size([s IN scores WHERE abs(s) >= t]) END AS cut
 """
+
+
+def leading(array: str, m: str) -> str:
+    """Checkpoint `c`'s `keys` or `scores` array, at least its first `m` ranks: the stored leading
+    tenth (`top_keys`/`top_scores`, queries/writer.py top_arrays) when it covers them, else the whole
+    array (always for a checkpoint written before the leading arrays: its n_top is null)."""
+    return f"CASE WHEN c.n_top >= {m} THEN c.top_{array} ELSE c.{array} END"
+
+
+# How many leading ranks a selection reads: its cut, or the last (largest) of its ranks.
+NEEDED = "CASE WHEN cut < 0 THEN in_graph[-1] ELSE cut END"
 
 
 # Whether checkpoint `c`'s own circuit at head level is read from its precomputed arrays (written by
@@ -65,21 +76,16 @@ CALL (c) {
   RETURN keys[i] AS key, scores[i] AS s
   UNION ALL
   WITH c WHERE NOT """ + OWN_HEAD + """
-  WITH c, c.keys AS keys, c.scores AS scores, """ + OWN_RANKS + """ AS in_graph, c.n_edges AS n"""
+  WITH c, """ + OWN_RANKS + """ AS in_graph, """ + CUT_INPUTS
 SELECT += cut("c, in_graph") + """
+  WITH c, in_graph, cut, """ + NEEDED + """ AS m
+  WITH in_graph, cut, """ + leading("keys", "m") + """ AS keys, """ + leading("scores", "m") + """ AS scores
   UNWIND CASE WHEN cut < 0 THEN [r IN in_graph | r - 1] ELSE range(0, cut - 1) END AS i
   WITH CASE $level WHEN 'head' THEN keys[i] / 4 ELSE keys[i] END AS key, scores[i] AS s
   RETURN key, sum(s) AS s
 }
 WITH pos, key, s
 """
-
-# Set-only variant of SELECT for the churn queries: keeps no score and carries `n_pos`.
-# Rows: (pos, n_pos, key).
-SELECT_KEYS = ("WITH c, pos, n_pos, " + LAZY_ARRAYS + cut("c, pos, n_pos") + """
-UNWIND CASE WHEN cut < 0 THEN [r IN """ + OWN_RANKS + """ | r - 1] ELSE range(0, cut - 1) END AS i
-WITH DISTINCT pos, n_pos, CASE $level WHEN 'head' THEN keys[i] / 4 ELSE keys[i] END AS key
-""")
 
 # The source/destination component of an edge key at the chosen level.
 ENDPOINTS = """
@@ -90,39 +96,11 @@ WITH pos, key, s, pair / $n_comp AS src, pair % $n_comp AS dst
 LAYER_OF_SRC = "CASE WHEN src = 0 THEN 0 ELSE (src - 1) / $hp1 END"
 LAYER_OF_NODE = "CASE WHEN node = 0 THEN 0 WHEN node = $n_comp - 1 THEN $n_layers ELSE (node - 1) / $hp1 END"
 
-# Checkpoints of one run, in step order.
-RUN_CHECKPOINTS = """
-MATCH (c:Checkpoint {run: $run}) WHERE c.complete
-WITH c ORDER BY c.step
-WITH collect(c) AS cs
-UNWIND range(0, size(cs) - 1) AS pos
-WITH cs[pos] AS c, pos, size(cs) AS n_pos
-"""
-
 # Checkpoints given by uid, in the order given ($uids).
 GIVEN_CHECKPOINTS = """
 UNWIND range(0, size($uids) - 1) AS pos
 MATCH (c:Checkpoint {uid: $uids[pos]}) WHERE c.complete
 WITH c, pos
-"""
-
-# Items (edge keys or node ids) present per position -> churn per transition t -> t+1.
-CHURN_TAIL = """
-WITH item, collect(pos) AS present, n_pos
-UNWIND present AS p
-WITH p, n_pos,
-     sum(CASE WHEN p > 0 AND NOT (p - 1) IN present THEN 1 ELSE 0 END) AS added_into,
-     sum(CASE WHEN p < n_pos - 1 AND NOT (p + 1) IN present THEN 1 ELSE 0 END) AS removed_after,
-     count(*) AS size
-WITH n_pos, collect({p: p, added: added_into, removed: removed_after, size: size}) AS per
-UNWIND range(0, n_pos - 2) AS t
-WITH t, per, [x IN per WHERE x.p = t] AS cur, [x IN per WHERE x.p = t + 1] AS nxt
-RETURN t AS transition,
-       CASE WHEN size(nxt) > 0 THEN nxt[0].added ELSE 0 END AS added,
-       CASE WHEN size(cur) > 0 THEN cur[0].removed ELSE 0 END AS removed,
-       CASE WHEN size(cur) > 0 THEN cur[0].size ELSE 0 END AS size_before,
-       CASE WHEN size(nxt) > 0 THEN nxt[0].size ELSE 0 END AS size_after
-ORDER BY transition
 """
 
 # The selected circuits of $uids (A = 0, B = 1) as rows (pos, key, s, src, dst).

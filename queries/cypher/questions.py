@@ -6,8 +6,8 @@ yields are described in `queries/cypher/fragments.py`, which every statement her
 
 from __future__ import annotations
 
-from queries.cypher.fragments import (CHURN_TAIL, GIVEN_CHECKPOINTS, GIVEN_ENDPOINTS, LAYER_OF_NODE,
-                                      LAYER_OF_SRC, LAZY_ARRAYS, RUN_CHECKPOINTS, SELECT, SELECT_KEYS, cut)
+from queries.cypher.fragments import (CUT_INPUTS, GIVEN_CHECKPOINTS, GIVEN_ENDPOINTS, LAYER_OF_NODE,
+                                      LAYER_OF_SRC, SELECT, cut, leading)
 
 
 RESOLVE_CHECKPOINT = """
@@ -28,8 +28,19 @@ RETURN a.key AS arch, a.n_layers AS n_layers, a.n_heads AS n_heads, a.n_componen
        collect(c.uid) AS uids, collect(c.head_keys IS NOT NULL) AS precomputed
 """
 
-# method.md 6.2 (edges: symmetric difference of the edge sets of checkpoints t and t+1).
-CHURN_EDGES = RUN_CHECKPOINTS + SELECT_KEYS + "WITH pos, key AS item, n_pos\n" + CHURN_TAIL
+# method.md 6.1-6.2 for any definition: each complete checkpoint's selected edge keys at the stored
+# level, in step order (the prefix the definition cuts, or the own circuit's keys for in_graph), read
+# from the leading arrays when they cover it. queries.api.Store prunes them and counts the symmetric
+# differences: one read of ~5% of the keys, where counting them in Cypher unwound a row per edge and
+# took 2x longer than pulling the same keys into Python (BENCHMARKS.md, issue 19).
+RUN_SELECTED_KEYS = """
+MATCH (c:Checkpoint {run: $run}) WHERE c.complete
+WITH c, """ + CUT_INPUTS + cut("c") + """WITH c, cut, CASE WHEN cut < 0 THEN c.in_graph ELSE [] END AS ranks
+WITH c, cut, ranks, """ + leading("keys", "CASE WHEN cut < 0 THEN ranks[-1] ELSE cut END") + """ AS keys
+RETURN c.uid AS uid, c.step AS step,
+       CASE WHEN cut < 0 THEN [r IN ranks | keys[r - 1]] ELSE keys[..cut] END AS keys
+ORDER BY step
+"""
 
 # method.md 6.1-6.2 for the stored circuit at head level, from the sets written with each checkpoint
 # (queries/writer.py own_circuit_sets): per transition, the members of one set missing from the other's
@@ -48,14 +59,6 @@ RETURN t AS transition,
        size([x IN a.nodes WHERE NOT b.node_mask[x]]) AS nodes_removed, size(a.nodes) AS nodes_before
 ORDER BY transition
 """
-
-# method.md 6.1 (nodes: symmetric difference of the node sets; a node is in a circuit when one of its
-# edges is).
-CHURN_NODES = RUN_CHECKPOINTS + SELECT_KEYS + """
-WITH pos, n_pos, CASE $level WHEN 'head' THEN key ELSE key / 4 END AS pair
-UNWIND [pair / $n_comp, pair % $n_comp] AS item
-WITH DISTINCT pos, n_pos, item
-""" + CHURN_TAIL
 
 # method.md 6.4 with 6.5's per-layer grouping: added/removed nodes and edges between circuit A
 # ($uids[0]) and circuit B ($uids[1]); an edge's layer is its source's layer, `input` = layer 0.
@@ -192,15 +195,13 @@ RETURN changed_nodes, changed_edges, mean_degree, changed_nodes * mean_degree AS
        nodes_a, nodes_b, edges_a, edges_b
 """
 
-# method.md 5: union of A and B at head level. Nodes: OR; edges: union of keys, the average score
-# for an edge in both, its own score otherwise; then the top $max_edges by |score| (ties: key).
-UNION_EDGES = GIVEN_CHECKPOINTS + SELECT + """
-WITH key, collect(s) AS ss
-WITH key, CASE size(ss) WHEN 2 THEN (ss[0] + ss[1]) / 2.0 ELSE ss[0] END AS s
-ORDER BY abs(s) DESC, key
-WITH collect({key: key, s: s}) AS merged
-UNWIND CASE WHEN $max_edges IS NULL THEN merged ELSE merged[..$max_edges] END AS e
-RETURN e.key AS key, e.s AS s
+# method.md 5: union of A and B at head level, read side: each circuit's head-level keys and scores
+# as two lists (pos 0 = A, 1 = B; a circuit with no edge has no row). queries.api.Store merges them
+# (an edge in both gets the average score, one in one its own; top $max_edges by |score|, ties by
+# key): sorting and grouping ~100k rows in Cypher took 3.0 s at opt-6.7b scale.
+UNION_SIDES = GIVEN_CHECKPOINTS + SELECT + """
+WITH pos, collect(key) AS keys, collect(s) AS scores
+RETURN pos, keys, scores ORDER BY pos
 """
 
 # The keys a prefix definition (top_n, top_frac, threshold, percentile) selects in each checkpoint of
@@ -208,7 +209,7 @@ RETURN e.key AS key, e.s AS s
 SELECTED_PREFIX = """
 UNWIND $uids AS uid
 MATCH (c:Checkpoint {uid: uid}) WHERE c.complete
-WITH c, """ + LAZY_ARRAYS + cut("c") + """RETURN c.uid AS uid, c.step AS step, c.run AS run, keys[..cut] AS keys
+WITH c, """ + CUT_INPUTS + cut("c") + """RETURN c.uid AS uid, c.step AS step, c.run AS run, (""" + leading("keys", "cut") + """)[..cut] AS keys
 """
 
 # Keys and scores of one circuit (for exports and tests).
