@@ -139,7 +139,7 @@ def score_checkpoint(model, tokenizer, pairs: Sequence, cfg: ScoringConfig,
             raise UserError(f"the {what} edges prune to an empty circuit; select more edges (--top-n or "
                             "--top-frac) for a model this small")
         ev = sharded_evaluate_many(adapter, [circuit], pairs, ("kl",), cfg.batch_size, prune=False)[0]
-        # every rank computes the whole curve (same weights, same numbers): no collective to match
+        # sharded like the evaluation above (a collective: every rank calls it, each its own batches)
         mib = mib_curve(adapter, result, pairs, "kl", cfg.batch_size) if cfg.mib else None
     names = [e.name for e in graph.edges]
     scores = graph.edge_scores(result.dense).double().tolist()

@@ -8,7 +8,8 @@ scores equal single-process scores to float rounding. Each rank then holds the g
 caller decides who writes (rank 0).
 
 Without an initialised process group (or with one process) these are the plain `analysis.eap.score` and
-`analysis.evaluate.evaluate_many`.
+`analysis.evaluate.evaluate_many`. `analysis.mib.mib_curve` evaluates its circuits through
+:func:`sharded_evaluate_many`, so a MIB curve (`ingest run --mib` under torchrun) is sharded the same way.
 """
 
 from __future__ import annotations

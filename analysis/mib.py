@@ -19,6 +19,11 @@ distance from the corrupted run.
 Units: the per-fraction faithfulness is stored in percent, like every faithfulness in circuitshift;
 CPR and CMD are areas in MIB's own units (f as a fraction times the edge fraction, so a model-perfect
 curve has CPR 1 and CMD 0), so they compare directly with MIB's published numbers.
+
+In a distributed run (an initialised process group: torchrun / accelerate launch) the curve is sharded
+as `analysis.distributed.sharded_evaluate_many` shards an evaluation: each rank evaluates every
+fraction's circuit on its own whole batches (round robin) and the sums are all-reduced, so every rank
+calls :func:`mib_curve` and gets the one-process curve (to float rounding) in about 1/N of the time.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from analysis.circuit import empty_circuit, score_table, select_circuit
+from analysis.distributed import Shard, sharded_evaluate_many
 from analysis.errors import UserError
-from analysis.evaluate import evaluate_many
 
 #: MIB's edge fractions (its ``evaluate_area_under_curve`` percentages)
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -77,11 +82,14 @@ def normalised(f_model: float, f_circuit: float) -> float:
 
 
 def mib_curve(adapter, scores, pairs: Sequence, metric: str = "logit-diff", batch_size: int = 16,
-              fractions: Sequence[float] = MIB_FRACTIONS, progress: bool = False) -> MIBResult:
+              fractions: Sequence[float] = MIB_FRACTIONS, progress: bool = False,
+              shard: Shard | None = None) -> MIBResult:
     """Evaluate the top-p circuits of ``scores`` for every MIB fraction p and return CPR and CMD.
 
     ``scores``: what `analysis.circuit.select_circuit` takes (a ScoreResult, an edge->score dict or
     a score document) for ``adapter``'s graph. The clean and corrupted runs are shared by all points.
+    ``shard``: this process's share of the batches (default: its rank in the initialised process
+    group, else all of them); with more than one process every rank must call this (a collective).
     """
     fractions = tuple(float(p) for p in fractions)
     if any(not 0 < p <= 1 for p in fractions):
@@ -93,7 +101,7 @@ def mib_curve(adapter, scores, pairs: Sequence, metric: str = "logit-diff", batc
         n = min(int(p * total), len(table.names))  # MIB: int(pct * n_scored_items), then prune
         circuits.append(select_circuit(scores, adapter.spec, "top_n", n) if n > 0
                         else empty_circuit(adapter.spec, table.level))
-    results = evaluate_many(adapter, circuits, pairs, (metric,), batch_size, True, progress)
+    results = sharded_evaluate_many(adapter, circuits, pairs, (metric,), batch_size, True, shard, progress)
     f = [normalised(r.by_metric[metric].f_model, r.by_metric[metric].f_circuit) for r in results]
     cpr, cmd = areas(fractions, f)
     return MIBResult(fractions, tuple(r.n_edges for r in results), tuple(x * 100.0 for x in f),
