@@ -3,6 +3,7 @@ the tiny preset end to end against the test server (page and stored findings con
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import statistics
@@ -13,7 +14,8 @@ from conftest import run_cli
 from analysis import findings as F
 from analysis.errors import UserError
 from ingest.jobs.experiment import experiment_table
-from ingest.jobs.findings_setup import FindingsPreset
+from ingest.jobs.findings import run_findings
+from ingest.jobs.findings_setup import PRESETS, FindingsPreset, model_folder
 from queries import findings as QF
 from queries.api import CircuitDefinition, Store
 
@@ -110,6 +112,69 @@ def test_preset_checks():
         FindingsPreset(name="bad", n_layers=2, ko3_top=2)
     with pytest.raises(UserError):
         FindingsPreset(name="bad", noise_samples=1)
+    with pytest.raises(UserError):  # a real model is used as is: nothing to pre-train
+        FindingsPreset(name="bad", model="smollm2", pretrain_steps=10)
+
+
+def test_added_fields_leave_the_default_and_tiny_records_as_they_were():
+    before = {"name", "n_layers", "n_heads", "d_model", "pretrain_steps", "count", "ko1_count", "finetune_steps",
+              "finetune_lr", "checkpoints", "examples", "top_frac", "ig_steps", "noise_samples", "perturb_levels",
+              "disjoint", "ko3_seeds", "ko3_steps", "ko3_lr", "ko3_base_accuracy", "ko3_top", "ko3_methods",
+              "ko4_count", "ko4_draws", "ko4_k_fracs", "seed"}
+    assert set(PRESETS["default"].record()) == before and set(PRESETS["tiny"].record()) == before
+    rec = PRESETS["smollm2"].record()
+    assert rec["model"] == "smollm2" and rec["separator"] == "" and rec["pretrain_steps"] == 0
+
+
+def test_smollm2_preset_validates_and_its_model_resolves():
+    from analysis.gguf import gguf_config
+    from analysis.models import resolve_model_source
+
+    p = PRESETS["smollm2"]
+    source = resolve_model_source(p.model)
+    assert source.gguf_file and source.gguf_path.is_file()
+    cfg = gguf_config(source.gguf_path)  # metadata only: what the converted folder's config.json will say
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size) == \
+        ("llama", p.n_layers, p.n_heads, p.d_model)
+    # the paper's share of critical layers (5 of 24 = 21%): 6 of 30 = 20%
+    assert p.ko3_top / p.n_layers == pytest.approx(0.2) and p.ko3_seeds >= 3 and p.ig_steps == 5
+    assert len(p.perturb_levels) >= 2 and p.disjoint >= 3  # KO1's Jaccards need 2+ values for an interval
+
+
+def tiny_llama(folder):
+    from analysis.pretrain import WORDS
+    from analysis.tiny import build_tiny_model
+    from analysis.tokenizer import build_word_tokenizer
+
+    tok = build_word_tokenizer(folder, max_number=9, extra_words=WORDS)
+    return build_tiny_model(folder, arch="llama", n_layers=4, n_heads=2, n_kv_heads=1, d_model=32, seed=0,
+                            tokenizer=tok)
+
+
+def test_model_folder_checks_the_preset_against_the_model(tmp_path):
+    folder = tiny_llama(tmp_path / "llama")
+    ok = FindingsPreset(name="t", model=str(folder), n_layers=4, n_heads=2, d_model=32, pretrain_steps=0, ko3_top=1)
+    assert model_folder(ok) == folder
+    with pytest.raises(UserError, match="layers, heads, d_model"):
+        model_folder(dataclasses.replace(ok, n_heads=4))
+
+
+def test_findings_on_a_given_llama_end_to_end(db, tmp_path):
+    """The real-model path (a model used as is, not pre-trained here) on a tiny Llama: fine-tuned export,
+    random model like it, page naming the model."""
+    driver, database = db
+    folder = tiny_llama(tmp_path / "llama")
+    p = dataclasses.replace(PRESETS["tiny"], name="tiny-llama", model=str(folder), pretrain_steps=0)
+    doc = run_findings(driver, database, p, "tl", tmp_path / "state", tmp_path / "page", echo=lambda *_: None)
+    assert doc["model"] == str(folder) and doc["model_arch"] == {"name": "llama", "type": "llama"}
+    assert [ko["key"] for ko in doc["observations"]] == ["KO1", "KO2", "KO3", "KO4"]
+    md = (tmp_path / "page" / "findings.md").read_text()
+    assert "the pretrained llama (llama, 4 layers, 2 heads, d_model 32" in md.splitlines()[2]
+    stored = QF.read_findings(Store(driver, database), "tl")["doc"]
+    assert stored["preset"]["model"] == str(folder) and stored["model_arch"]["type"] == "llama"
+    assert (tmp_path / "state" / "findings" / "finetuned-tl" / "config.json").exists()
+    ko1 = next(ko for ko in doc["observations"] if ko["key"] == "KO1")
+    assert set(ko1["models"]) == {"pretrained", "finetuned", "random"}
 
 
 # -- end to end --------------------------------------------------------------------------------------

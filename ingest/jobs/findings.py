@@ -18,10 +18,23 @@ from analysis import robustness as R
 from analysis.models import load_model
 from ingest.jobs.findings_ko12 import Ctx, ko1_robustness, ko2_edges_vs_nodes
 from ingest.jobs.findings_ko34 import ko3_circuitlora, ko4_union
-from ingest.jobs.findings_page import write_page
+from ingest.jobs.findings_page import model_line, write_page
 from ingest.jobs.findings_setup import FindingsPreset, dataset, pretrained_model
 from ingest.jobs.finetune import export_model
 from queries import findings as QF
+
+
+def model_arch(preset: FindingsPreset, model_dir: Path) -> dict:
+    """Name and architecture of a preset's real model (empty for the GPT-NeoX pre-trained here, whose
+    documents stay as they were)."""
+    if preset.model is None:
+        return {}
+    import json
+
+    from analysis.models import resolve_model_source
+    source = resolve_model_source(preset.model)
+    name = (source.gguf_file or Path(source.path).name).removesuffix(".gguf")
+    return {"name": name, "type": json.loads((model_dir / "config.json").read_text()).get("model_type", "?")}
 
 
 def run_findings(driver, database, preset: FindingsPreset, fid: str, state: Path, out: Path,
@@ -31,6 +44,9 @@ def run_findings(driver, database, preset: FindingsPreset, fid: str, state: Path
     ctx = Ctx(driver, database, preset, fid, Path(state), device, echo)
     root = ctx.state / "findings"
     model_dir = pretrained_model(root, preset, device, echo)
+    arch = model_arch(preset, model_dir)
+    if arch:
+        echo(f"model: {model_line({'preset': preset.record(), 'model': str(model_dir), 'model_arch': arch})}")
     # the perturbed copies and splits of `data` are not used (KO1 has its own): kept so runs stay comparable
     data = dataset(model_dir, "add_sub", root / f"data-add_sub-{model_dir.name}-{preset.count}-{preset.examples}",
                    preset.count, preset.seed, perturb=preset.perturb_levels, disjoint=preset.disjoint,
@@ -59,7 +75,7 @@ def run_findings(driver, database, preset: FindingsPreset, fid: str, state: Path
     ko4 = timed("KO4", ko4_union, ctx, model_dir, ft)
     timings["total"] = round(time.perf_counter() - t0, 1)
     doc = {"id": fid, "preset": preset.record(), "model": str(model_dir), "data": str(data), "ko1_data": str(ko1_data),
-           "observations": [ko1, ko2, ko3, ko4], "seconds": timings,
+           **({"model_arch": arch} if arch else {}), "observations": [ko1, ko2, ko3, ko4], "seconds": timings,
            "verdict_rule": "a sub-claim reproduces when its whole interval lies on the claimed side of the "
                            "threshold, does not when it lies wholly on the other side, and is inconclusive "
                            "otherwise; a Key Observation reproduces when all its sub-claims do"}

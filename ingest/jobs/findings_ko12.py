@@ -117,9 +117,9 @@ def ko2_edges_vs_nodes(ctx: Ctx, model_dir: Path, data: Path) -> dict:
     its two checkpoints (pooled)."""
     p, run = ctx.preset, f"{ctx.fid}-ko2-full"
     train = TrainConfig(method="full", learning_rate=p.finetune_lr, max_steps=p.finetune_steps,
-                        checkpoints=p.checkpoints, batch_size=32, grad_accum=1, seed=p.seed,
+                        checkpoints=p.checkpoints, batch_size=p.batch_size, grad_accum=1, seed=p.seed,
                         warmup_steps=max(1, min(30, p.finetune_steps // 10)), weight_decay=0.5,
-                        separator=" ", bos=True)
+                        separator=p.separator, bos=True)
     steps = checkpoint_steps(p.finetune_steps, p.checkpoints)
     snaps = WeightSnapshots(steps)
     cfg = IngestConfig(model=str(model_dir), data=str(data), run_id=run, train=train, scoring=ctx.scoring,

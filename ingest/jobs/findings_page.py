@@ -112,9 +112,10 @@ def _ko3(ko: dict, fig: Path) -> list[str]:
     rows = [[r["method"], _num(r["accuracy_mean_%"], 2, "%"), _num(r["accuracy_std_%"], 2),
              r["seeds"], f"{r['parameter_ratio_%']:.2f}%"] for r in ko["table"]]
     base = ko["base"]
+    why = ko.get("base_why", "measured here, LoRA r=16 (lr 1e-2) took the pre-trained model from 3.8% to 6.2% "
+                             "in 300 steps, which would compare methods that all learned nothing")
     return [f"Every KO3 run starts from the KO2 run's checkpoint at step {base['step']} ({base['accuracy_%']:.1f}% "
-            "accurate), not from the pre-trained model: measured here, LoRA r=16 (lr 1e-2) took the pre-trained "
-            "model from 3.8% to 6.2% in 300 steps, which would compare methods that all learned nothing.", "",
+            f"accurate), not from the pre-trained model: {why}.", "",
             "![KO3 accuracy by method](figures/ko3_accuracy.png)", "",
             *_table(["method", "accuracy (mean)", "std", "seeds", "parameter ratio"], rows),
             f"Critical layers (phase 1): {ko['critical_layers']}; RandomLoRA's layers by seed: "
@@ -144,11 +145,22 @@ def _ko4(ko: dict, fig: Path) -> list[str]:
 SECTIONS = {"KO1": _ko1, "KO2": _ko2, "KO3": _ko3, "KO4": _ko4}
 
 
+def model_line(doc: dict) -> str:
+    """What model the findings are of (the page's first line; run_findings echoes it too)."""
+    p = doc["preset"]
+    if p.get("model"):  # a real pretrained model, used as is
+        arch = doc.get("model_arch", {})
+        return (f"the pretrained {arch.get('name', p['model'])} ({arch.get('type', '?')}, {p['n_layers']} layers, "
+                f"{p['n_heads']} heads, d_model {p['d_model']}; `{p['model']}`, loaded from {doc['model']}), not "
+                "pre-trained here")
+    return (f"a {p['n_layers']}-layer GPT-NeoX ({p['n_heads']} heads, d_model {p['d_model']}) pre-trained "
+            f"{p['pretrain_steps']} steps")
+
+
 def page_markdown(doc: dict, fig: Path) -> str:
     p = doc["preset"]
     lines = [f"# The paper's Key Observations, measured ({doc['id']})", "",
-             f"Preset `{p['name']}`: a {p['n_layers']}-layer GPT-NeoX ({p['n_heads']} heads, d_model "
-             f"{p['d_model']}) pre-trained {p['pretrain_steps']} steps, Add/Sub(100); circuits = top "
+             f"Preset `{p['name']}`: {model_line(doc)}, Add/Sub(100); circuits = top "
              f"{100 * p['top_frac']:.0f}% of edges, pruned, EAP-IG m={p['ig_steps']}, on {p['examples']} "
              f"held-out pairs. Time: {doc['seconds']['total']:.0f} s. {doc['verdict_rule']}.", "",
              *_table(["KO", "claim", "measured", "interval", "verdict"],
