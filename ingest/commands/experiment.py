@@ -120,8 +120,8 @@ def table(experiment_id, fmt):
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--page-only", is_flag=True, help="Run nothing: redraw the page from the stored findings --id.")
 def findings(preset, findings_id, out, threads, device, page_only):
-    """Run the paper's Key Observations on a model that learns Add/Sub(100) (a small local one, or SmolLM2-135M with --preset smollm2): KO1 faithful,
-    robust circuits; KO2 edges change more than nodes (against resampling noise); KO3 CircuitLoRA vs
+    """Run the paper's Key Observations on a model that learns Add/Sub(100) (a small local one, or
+    SmolLM2-135M with --preset smollm2): KO1 faithful, robust circuits; KO2 edges change more than nodes (against resampling noise); KO3 CircuitLoRA vs
     LoRA and RandomLoRA; KO4 union vs compositional circuit (against random edge sets). Every run is
     stored; the findings are stored tied to the KO3 experiment; one Markdown/HTML page is written."""
     import time
