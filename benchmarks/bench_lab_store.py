@@ -13,6 +13,14 @@ as a job would. Measures, warm (median of 3):
 Filling stops at --runs runs or after --fill-minutes, whichever comes first (the figures say how many).
 
     .venv/bin/python benchmarks/bench_lab_store.py --runs 100 --fill-minutes 15
+
+The fill takes a quarter of an hour, so the one-run figures (taken before it) and the full-store figures
+(after it) can see different machine load. `--reuse HOME` restarts a filled store's server home (kept in
+$TMPDIR/circuitshift-bench-*; its random password is gone, so it starts without auth, loopback only)
+beside a fresh store holding only run lab0, and times every query on both, interleaved, --rounds times
+(median per query): the side-by-side comparison.
+
+    .venv/bin/python benchmarks/bench_lab_store.py --reuse /tmp/circuitshift-bench-XXXX --rounds 5
 """
 
 from __future__ import annotations
@@ -50,6 +58,45 @@ def tag_experiment(driver, db, runs: list[str]) -> None:
         writer.tag_experiment_run("lab", run, labels[i % 3], i // 3, 1_000 + i, 1_400_000_000)
 
 
+def recheck(args, arch: Architecture, runs) -> None:
+    """A filled store (args.reuse) against a fresh one-run store, every query interleaved."""
+    from queries.server.local import LocalServer, free_port
+    from queries.settings import Neo4jSettings
+
+    full_server = LocalServer(Path(args.reuse), bolt_port=free_port(), http_port=free_port(), heap=args.heap,
+                              extra_conf={"dbms.security.auth_enabled": "false"})
+    status = full_server.start(timeout=300)
+    alone_server, alone_settings = start_server(args.heap)
+    drivers = []
+    try:
+        full_driver = open_driver(Neo4jSettings(uri=status.bolt_uri, password="unused"))
+        alone_driver = open_driver(alone_settings)
+        drivers = [full_driver, alone_driver]
+        ingest(alone_driver, alone_settings.database, arch, with_accuracy(runs[0], 0), "lab0")
+        stores = {"alone": Store(alone_driver, alone_settings.database), "full": Store(full_driver, "neo4j")}
+        n_runs = full_driver.execute_query("MATCH (r:Run) WHERE r.id STARTS WITH 'lab' RETURN count(r) AS n",
+                                           database_="neo4j").records[0]["n"]
+        times = {"alone": [], "full": []}
+        for _ in range(args.rounds):
+            for side in ("alone", "full"):
+                times[side].append(bench_queries(stores[side], "lab0", args.checkpoints)[0])
+        med = {side: {k: statistics.median(t[k] for t in ts) for k in ts[0]} for side, ts in times.items()}
+        print(f"\n### Lab-sized store, side by side: {n_runs} runs x {args.checkpoints} checkpoints vs lab0 alone "
+              f"({args.rounds} interleaved rounds, medians; load average {os.getloadavg()[0]:.2f} at the end)\n")
+        print("| query on run lab0 (warm) | store with 1 run (s) | full store (s) | ratio |")
+        print("|---|---|---|---|")
+        for k, v in med["alone"].items():
+            print(f"| {k} | {v:.3f} | {med['full'][k]:.3f} | {med['full'][k] / v:.2f}x |")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"runs": n_runs, "rounds": args.rounds, "alone": med["alone"],
+                                                   "full": med["full"], "load": os.getloadavg()}, indent=2))
+    finally:
+        for d in drivers:
+            d.close()
+        alone_server.stop()
+        full_server.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=100)
@@ -60,9 +107,13 @@ def main():
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--heap", default="2g")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--reuse", default=None, help="A filled store's server home: re-time it side by side.")
+    ap.add_argument("--rounds", type=int, default=5, help="With --reuse: interleaved rounds.")
     args = ap.parse_args()
 
     arch = Architecture(args.layers, args.heads, True)
+    if args.reuse:
+        return recheck(args, arch, [synthetic_run(arch, args.checkpoints, seed=0)[1]])
     runs = [synthetic_run(arch, args.checkpoints, seed=s)[1] for s in range(SEEDS)]
     server, settings = start_server(args.heap)
     empty = store_bytes(server)
