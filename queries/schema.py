@@ -11,8 +11,9 @@ The data model (see README "Data model"):
       edges in the checkpoint's own circuit (see queries/writer.py for why arrays); top_keys/top_scores:
       the first n_top ranks again (the top tenth, and the own circuit's); head_keys, head_scores,
       head_mask, circuit_nodes, node_mask: the own circuit at head level (queries/writer.py).
-  (:Component)-[:CIRCUIT_EDGE {ck, run, step, k, s, r}]->(:Component)   the checkpoint's own circuit,
-      for Neo4j Browser: ck = checkpoint uid, k = edge key, s = signed score, r = rank.
+  (:Component)-[:CIRCUIT_EDGE {ck, k, s, r}]->(:Component)   the checkpoint's own circuit, for Neo4j
+      Browser: ck = checkpoint uid, k = edge key, s = signed score, r = rank (stores written up to
+      ec65292 also carry run and step, which nothing reads: match on ck or the Checkpoint node).
 """
 
 from __future__ import annotations

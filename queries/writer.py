@@ -6,8 +6,8 @@ two rank-ordered arrays on its `(:Checkpoint)` node: `keys` (edge keys, see quer
 `scores` (signed), position i holding the edge of rank i+1 by |score|. Any circuit definition is then
 a prefix (top-n, top p%, threshold, percentile), read without scanning. The checkpoint's own circuit
 (`in_graph`, the ranks the method kept, e.g. top 5% pruned) is also materialised as
-`(:Component)-[:CIRCUIT_EDGE {ck, run, step, k, s, r}]->(:Component)` so Neo4j Browser shows it as
-components linked to components.
+`(:Component)-[:CIRCUIT_EDGE {ck, k, s, r}]->(:Component)` so Neo4j Browser shows it as components
+linked to components (stores written up to ec65292 also have run and step on them; nothing reads those).
 
 Beside the arrays, the checkpoint's own circuit is also stored collapsed to head level (issue 19):
 `head_keys`/`head_scores` (its distinct head-level pairs, scores summed over q/k/v, by |score|),
@@ -28,10 +28,13 @@ longer than sending them.
 
 A checkpoint is written in three steps, so a crash never leaves something a query reads as complete
 and a re-write replaces instead of duplicating:
-  1. `CREATE` a new `(:Checkpoint {complete: false})` with a fresh uid and its arrays (leftovers of an
-     earlier crashed write of the same run and step are removed first);
-  2. create its CIRCUIT_EDGE relationships in batches (`UNWIND` over parallel column lists; component
-     nodes fetched once per batch and addressed by position: no per-row lookups);
+  1. `CREATE` a new `(:Checkpoint {complete: false})` with a fresh uid (leftovers of an earlier crashed
+     write of the same run and step are removed first);
+  2. set its arrays (one transaction, in a second thread) while its CIRCUIT_EDGE relationships are
+     created in batches (`UNWIND` over parallel column lists; component nodes fetched once per batch
+     and addressed by position: no per-row lookups). The two write different nodes, so the server
+     runs them side by side: creating ~11.5k relationships was ~55% of a Pythia-1.4B-shape write and
+     the arrays most of the rest (issue 19). Both finish (or fail) before step 3;
   3. in ONE transaction mark it complete and retire any earlier complete version, which is then
      deleted. Queries read only `complete` checkpoints.
 """
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
@@ -231,6 +235,7 @@ class CircuitWriter:
         self._schema_done = False
         self._archs: set[str] = set()
         self._names: tuple | None = None  # (arch key, names, their keys): keys_of
+        self._arrays_pool: ThreadPoolExecutor | None = None  # write_checkpoint's second transaction
 
     def _run(self, statement: str, **params):
         return self.driver.execute_query(statement, quiet(params), database_=self.database, routing_="w")
@@ -290,16 +295,23 @@ class CircuitWriter:
                 for k, v in data.meta.items() if v is not None}
         self.remove_incomplete(run_id, data.step)
         uid = secrets.randbits(62)
-        records, _, _ = self._run(S.CREATE_CHECKPOINT, run=run_id, step=data.step, uid=uid,
-                                  level=data.level, meta={**meta, **arrays["sets"], **arrays["top"]},
-                                  keys=arrays["keys"], scores=arrays["scores"],
-                                  in_graph=arrays["in_graph"])
+        records, _, _ = self._run(S.NEW_CHECKPOINT, run=run_id, step=data.step, uid=uid, level=data.level)
         if not records:
             raise UserError(f"run {run_id!r} does not exist; create it first")
-        cols = arrays["circuit"]
-        for start in range(0, len(cols["k"]), self.batch_size):
-            part = {c: v[start:start + self.batch_size] for c, v in cols.items()}
-            self._run(S.CREATE_CIRCUIT_EDGES, arch=arch.key, ck=uid, run=run_id, step=data.step, **part)
+        if self._arrays_pool is None:
+            self._arrays_pool = ThreadPoolExecutor(1, thread_name_prefix="circuitshift-arrays")
+        arrays_set = self._arrays_pool.submit(
+            self._run, S.SET_CHECKPOINT_ARRAYS, uid=uid, meta={**meta, **arrays["sets"], **arrays["top"]},
+            keys=arrays["keys"], scores=arrays["scores"], in_graph=arrays["in_graph"])
+        try:
+            cols = arrays["circuit"]
+            for start in range(0, len(cols["k"]), self.batch_size):
+                part = {c: v[start:start + self.batch_size] for c, v in cols.items()}
+                self._run(S.CREATE_CIRCUIT_EDGES, arch=arch.key, ck=uid, **part)
+        except BaseException:
+            wait([arrays_set])  # never leave a transaction of this checkpoint running behind an error
+            raise
+        arrays_set.result()  # its error, if any, before the checkpoint can become complete
         records, _, _ = self._run(S.COMPLETE_CHECKPOINT, uid=uid)
         for old in records[0]["retired"]:
             self.delete_checkpoint(old)

@@ -205,7 +205,8 @@ def test_rewrite_replaces_and_incomplete_is_invisible(hand):
                                       database_=database)
     assert recs[0]["n"] == 1
     recs, _, _ = driver.execute_query(
-        "MATCH ()-[e:CIRCUIT_EDGE {run: 'hand', step: 0}]->() RETURN count(e) AS n", database_=database)
+        "MATCH (c:Checkpoint {run: 'hand', step: 0}) MATCH ()-[e:CIRCUIT_EDGE {ck: c.uid}]->() "
+        "RETURN count(e) AS n", database_=database)
     assert recs[0]["n"] == 3
     writer.write_checkpoint("hand", ARCH, cp(30, {"input->a0.h0": 1.0}))
     recs, _, _ = driver.execute_query("MATCH (c:Checkpoint {run: 'hand', step: 30}) RETURN c.complete AS ok",
@@ -220,6 +221,40 @@ def test_browser_sees_components_linked_to_components(hand):
         "RETURN a.name + '->' + b.name AS edge, e.s AS s, e.r AS r ORDER BY r", database_=hand.database)
     assert [(r["edge"], r["s"], r["r"]) for r in recs] == [
         ("a1.h0->logits", -6.0, 1), ("input->a0.h0", 5.0, 2), ("a0.h0->a1.h0", 2.0, 3)]  # m1->lg (1.0) is rank 4
+
+
+def test_circuit_relationships_carry_only_ck_k_s_r(hand):
+    """run and step live on the Checkpoint node only (issue 19): a relationship is found by ck."""
+    recs, _, _ = hand.driver.execute_query(
+        "MATCH (c:Checkpoint {run: 'hand'}) WHERE c.complete MATCH ()-[e:CIRCUIT_EDGE {ck: c.uid}]->() "
+        "RETURN collect(DISTINCT keys(e)) AS k",
+        database_=hand.database)
+    assert [sorted(k) for k in recs[0]["k"]] == [["ck", "k", "r", "s"]]
+
+
+def test_failed_array_write_leaves_no_complete_checkpoint(hand):
+    """The arrays are set in a second transaction while the relationships are created: its failure
+    is the write's failure, nothing of it becomes visible, and a rewrite leaves no leftovers."""
+    driver, database = hand.driver, hand.database
+    writer = CircuitWriter(driver, database)
+    bad = cp(40, {"input->a0.h0": 1.0, "a0.h0->logits": 0.5})
+    bad.meta = {"accuracy": {1, 2}}  # a set: the driver refuses to send it
+    with pytest.raises(Exception):
+        writer.write_checkpoint("hand", ARCH, bad)
+    recs, _, _ = driver.execute_query("MATCH (c:Checkpoint {run: 'hand', step: 40}) "
+                                      "RETURN c.complete AS ok", database_=database)
+    assert not any(r["ok"] for r in recs)  # at most an incomplete node, which queries never read
+    assert 40 not in writer.complete_steps("hand")
+    bad.meta = {"accuracy": 50.0}
+    uid = writer.write_checkpoint("hand", ARCH, bad)
+    recs, _, _ = driver.execute_query(
+        "MATCH (c:Checkpoint {run: 'hand', step: 40}) OPTIONAL MATCH ()-[e:CIRCUIT_EDGE {ck: c.uid}]->() "
+        "RETURN c.uid AS uid, c.complete AS ok, count(e) AS rels", database_=database)
+    assert [(r["uid"], r["ok"], r["rels"]) for r in recs] == [(uid, True, 2)]
+    recs, _, _ = driver.execute_query(
+        "MATCH ()-[e:CIRCUIT_EDGE]->() WHERE NOT EXISTS { MATCH (:Checkpoint {uid: e.ck}) } "
+        "RETURN count(e) AS n", database_=database)
+    assert recs[0]["n"] == 0  # the failed write's relationships went with its node
 
 
 def test_writer_rejects_bad_input_before_writing(db):

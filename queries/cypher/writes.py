@@ -31,6 +31,7 @@ RETURN c.step AS step ORDER BY step
 
 # $meta also carries the own circuit's precomputed head-level sets (queries/writer.py own_circuit_sets)
 # and the leading ranks again (top_keys, top_scores, n_top: queries/writer.py top_arrays).
+# One statement: the node and its arrays (hand-made checkpoints in tests; the writer uses the two below).
 CREATE_CHECKPOINT = """
 MATCH (r:Run {id: $run})
 CREATE (r)-[:HAS_CHECKPOINT]->(c:Checkpoint {uid: $uid, run: $run, step: $step, level: $level,
@@ -41,16 +42,35 @@ SET c.keys = $keys, c.scores = $scores, c.in_graph = $in_graph,
 RETURN c.uid AS uid
 """
 
+# The writer creates the (incomplete) node first, then sets its arrays in one transaction WHILE its
+# circuit relationships are created in another (queries/writer.py write_checkpoint): the two touch
+# different nodes, and the node existing first means a crash leaves nothing remove_incomplete misses.
+NEW_CHECKPOINT = """
+MATCH (r:Run {id: $run})
+CREATE (r)-[:HAS_CHECKPOINT]->(c:Checkpoint {uid: $uid, run: $run, step: $step, level: $level,
+                                             complete: false, started: datetime()})
+RETURN c.uid AS uid
+"""
+
+SET_CHECKPOINT_ARRAYS = """
+MATCH (c:Checkpoint {uid: $uid})
+SET c += $meta
+SET c.keys = $keys, c.scores = $scores, c.in_graph = $in_graph,
+    c.n_edges = size($keys), c.n_in_graph = size($in_graph)
+RETURN c.uid AS uid
+"""
+
 # Components are fetched once per batch, ordered by their index, and addressed by position. The rows
 # come as parallel columns ($src, $dst component indices; $k key, $s score, $r rank): one list per
-# column packs and travels faster than a list per row.
+# column packs and travels faster than a list per row. ck (the checkpoint's uid) is the only link to the
+# checkpoint: run and step (written up to ec65292, read by nothing) are on the (:Checkpoint) node.
 CREATE_CIRCUIT_EDGES = """
 MATCH (n:Component {arch: $arch})
 WITH n ORDER BY n.ci
 WITH collect(n) AS comps
 UNWIND range(0, size($k) - 1) AS i
 WITH comps[$src[i]] AS a, comps[$dst[i]] AS b, i
-CREATE (a)-[:CIRCUIT_EDGE {ck: $ck, run: $run, step: $step, k: $k[i], s: $s[i], r: $r[i]}]->(b)
+CREATE (a)-[:CIRCUIT_EDGE {ck: $ck, k: $k[i], s: $s[i], r: $r[i]}]->(b)
 """
 
 # One transaction: the new version becomes visible and every older one of (run, step) is retired.
