@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench_store import bench_queries, ingest, start_server, store_bytes, synthetic_run, timed
 
-from queries.api import Store
+from queries.api import CircuitDefinition, Store
 from queries.components import Architecture
 from queries.connection import open_driver
 from queries.writer import CircuitWriter, ExperimentRecord
@@ -56,6 +56,45 @@ def tag_experiment(driver, db, runs: list[str]) -> None:
                                              seeds=list(range(len(runs))), labels=labels, settings="{}"))
     for i, run in enumerate(runs):
         writer.tag_experiment_run("lab", run, labels[i % 3], i // 3, 1_000 + i, 1_400_000_000)
+
+
+class ProfilingStore(Store):
+    """A Store whose every statement runs under PROFILE, recording its database hits."""
+
+    def __init__(self, driver, database):
+        super().__init__(driver, database)
+        self.hits: list[tuple[str, int]] = []
+
+    def read(self, statement: str, **params) -> list[dict]:
+        from queries.params import quiet
+        records, summary, _ = self.driver.execute_query("PROFILE " + statement, quiet(params),
+                                                        database_=self.database, routing_="r")
+
+        def total(plan) -> int:
+            return plan.get("dbHits", 0) + sum(total(c) for c in plan.get("children", []))
+        first = next(line.strip() for line in statement.strip().splitlines() if line.strip())
+        self.hits.append((first[:70], total(summary.profile)))
+        return [r.data() for r in records]
+
+
+def profile_queries(stores: dict, run: str, n_ckpt: int) -> None:
+    """Database hits per statement of the slower queries, on each store: what grows with the store."""
+    d = CircuitDefinition()
+    first, last = f"{run}:0", f"{run}:{(n_ckpt - 1) * 25}"
+    calls = {"overlap": lambda s: s.overlap(first, last, d, [100, 500, 1000]),
+             "jaccard": lambda s: s.jaccard(first, last, d),
+             "diff (95th pct)": lambda s: s.diff(first, last, d),
+             "union (read side)": lambda s: s.union_edges(first, last, d, None),
+             "churn (top 5%, head)": lambda s: s.churn(run, CircuitDefinition("top_frac", 0.05, "head"))}
+    print("\n| query | statement | db hits, 1 run | db hits, full store |\n|---|---|---|---|")
+    for name, call in calls.items():
+        hits = {}
+        for side, (driver, db) in stores.items():
+            ps = ProfilingStore(driver, db)
+            call(ps)
+            hits[side] = ps.hits
+        for (stmt, a), (_, b) in zip(hits["alone"], hits["full"]):
+            print(f"| {name} | `{stmt}` | {a:,} | {b:,} |")
 
 
 def recheck(args, arch: Architecture, runs) -> None:
@@ -87,6 +126,8 @@ def recheck(args, arch: Architecture, runs) -> None:
         print("|---|---|---|---|")
         for k, v in med["alone"].items():
             print(f"| {k} | {v:.3f} | {med['full'][k]:.3f} | {med['full'][k] / v:.2f}x |")
+        profile_queries({"alone": (alone_driver, alone_settings.database), "full": (full_driver, "neo4j")},
+                        "lab0", args.checkpoints)
         if args.json:
             Path(args.json).write_text(json.dumps({"runs": n_runs, "rounds": args.rounds, "alone": med["alone"],
                                                    "full": med["full"], "load": os.getloadavg()}, indent=2))
