@@ -4,13 +4,10 @@ batch short, ranks holding different numbers of examples), under the default and
 
 from __future__ import annotations
 
-import os
 import pickle
 
 import pytest
-import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from analysis.circuit import select_circuit
 from analysis.datasets import PromptPair
@@ -20,7 +17,7 @@ from analysis.evaluate import evaluate_many
 from analysis.graph import build_graph
 from analysis.models import load_model
 from analysis.tiny import build_tiny_model
-from queries.server.local import free_port
+from gloo import join_gloo, spawn_ranks
 
 PFX = "Calculate the result of the following arithmetic expression and provide only the final answer:"
 ROWS = [(41, 29), (5, 3), (12, 7), (50, 1), (60, 50), (33, 11), (9, 4)]  # 7 pairs, batch 2: 4 batches
@@ -34,9 +31,7 @@ def pairs():
 
 
 def _worker(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     try:
         assert current_shard() == Shard(rank, world)
         adapter = load_model(model_dir, dtype="float64")
@@ -71,11 +66,7 @@ def test_shards_are_whole_batches_round_robin():
 
 def test_two_gloo_processes_equal_one(model_dir, tmp_path):
     out = str(tmp_path / "result")
-    mp.spawn(_worker, args=(2, free_port(), str(model_dir), out), nprocs=2, join=True)
-    ranks = []
-    for r in range(2):
-        with open(f"{out}.{r}", "rb") as f:
-            ranks.append(pickle.load(f))
+    ranks = spawn_ranks(_worker, 2, str(model_dir), out)
     adapter = load_model(model_dir, dtype="float64")
     graph = build_graph(adapter.spec)
     for i, case in enumerate(CASES):

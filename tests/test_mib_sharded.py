@@ -6,20 +6,17 @@ checkpoint of `ingest run` calls) stores the same CPR / CMD under 2 processes as
 
 from __future__ import annotations
 
-import os
 import pickle
 
 import pytest
-import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from analysis.datasets import PromptPair
 from analysis.eap import score
 from analysis.graph import build_graph
 from analysis.models import load_model
 from analysis.tiny import build_tiny_model
-from queries.server.local import free_port
+from gloo import join_gloo, spawn_ranks
 
 PFX = "Calculate the result of the following arithmetic expression and provide only the final answer:"
 ROWS = [(41, 29), (5, 3), (12, 7), (50, 1), (60, 50), (33, 11), (9, 4)]  # 7 pairs, batch 2: 4 batches
@@ -37,9 +34,7 @@ def _scores(adapter):
 
 
 def _worker(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     try:
         import analysis.distributed as distributed
         from analysis.checkpoint import ScoringConfig, score_checkpoint
@@ -77,11 +72,7 @@ def test_two_gloo_processes_give_the_one_process_curve(model_dir, tmp_path):
     from analysis.mib import mib_curve
 
     out = str(tmp_path / "result")
-    mp.spawn(_worker, args=(2, free_port(), str(model_dir), out), nprocs=2, join=True)
-    ranks = []
-    for r in range(2):
-        with open(f"{out}.{r}", "rb") as f:
-            ranks.append(pickle.load(f))
+    ranks = spawn_ranks(_worker, 2, str(model_dir), out)
     adapter = load_model(model_dir, dtype="float64")
     single = {m: mib_curve(adapter, _scores(adapter), pairs(), m, BATCH, FRACTIONS) for m in ("kl", "logit-diff")}
     ckpt = score_checkpoint(adapter.model, adapter.tokenizer, pairs(),
